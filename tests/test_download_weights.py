@@ -1,0 +1,485 @@
+"""download_weights.py against a hub of the tests' own on 127.0.0.1 (tests/fake_hub.py).
+
+The script runs as a user runs it, in a subprocess, with huggingface_hub's real client pointed at the fake
+hub through HF_ENDPOINT (huggingface_hub reads its settings when it is imported). Nothing leaves loopback:
+proxies are cleared, Xet and telemetry are off, HF_HOME is a fresh folder, and every server is stopped by
+its fixture. The repositories served are tiny checkpoints in Meta's layout (tests/checkpoints.py), except
+for one test that serves the demo checkpoint.
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
+
+import download_weights
+from checkpoints import small_params, write_checkpoint
+from fake_hub import FakeHub, Fault
+from notebook_runner import run_notebook
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "download_weights.py"
+LLAMA3 = "meta-llama/Meta-Llama-3-8B"
+LLAMA32 = "meta-llama/Llama-3.2-1B"
+WEIGHTS = "original/consolidated.00.pth"
+TOKEN = "hf_" + secrets.token_hex(16)  # an account that accepted both licenses
+NOT_ACCEPTED = "hf_" + secrets.token_hex(16)  # an account that accepted none
+# Runs the script as `python download_weights.py ...` would, in a process that can connect to loopback only;
+# with TEST_FREE_BYTES set, the disk reports that much free space.
+LAUNCHER = """
+import os, runpy, shutil, socket, sys
+real_connect = socket.socket.connect
+def loopback_only(self, address):
+    if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1"):
+        raise OSError(f"the tests allow loopback connections only, not {address}")
+    return real_connect(self, address)
+socket.socket.connect = loopback_only
+free = os.environ.pop("TEST_FREE_BYTES", None)
+if free is not None:
+    real_disk_usage = shutil.disk_usage
+    shutil.disk_usage = lambda path: real_disk_usage(path)._replace(free=int(free))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+HUB_SETTINGS = {
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_ETAG_TIMEOUT": "5",
+    "HF_HUB_DOWNLOAD_TIMEOUT": "10",
+    "DO_NOT_TRACK": "1",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
+
+@pytest.fixture(scope="module")
+def repositories(tmp_path_factory) -> dict:
+    """Tiny checkpoints laid out as Meta's hub repositories: {repo_id: folder}.
+
+    The Meta-Llama-3-8B stand-in's consolidated.00.pth spans more than two of huggingface_hub's download
+    chunks, so that a transfer can be cut between two chunks (a client keeps no partial chunk).
+    """
+    folders = {}
+    root = tmp_path_factory.mktemp("hub")
+    params = small_params(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=64)
+    folders[LLAMA3] = write_checkpoint(root / "Meta-Llama-3-8B" / "original", params, seed=1).parent
+    params_32 = small_params(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=64, use_scaled_rope=True)
+    folders[LLAMA32] = write_checkpoint(root / "Llama-3.2-1B" / "original", params_32, seed=2, output="tied").parent
+    assert (folders[LLAMA3] / WEIGHTS).stat().st_size > 3 * DOWNLOAD_CHUNK_SIZE
+    return folders
+
+
+@pytest.fixture
+def hub(repositories, request) -> FakeHub:
+    hub = FakeHub()
+    request.addfinalizer(hub.stop)
+    for repo_id, folder in repositories.items():
+        hub.add_repo(repo_id, folder, gated=True)
+    hub.add_token(TOKEN, accepted=list(repositories))
+    hub.add_token(NOT_ACCEPTED, accepted=())
+    return hub.start()
+
+
+class Runner:
+    """Runs download_weights.py in a subprocess that talks to one hub, with a fresh HF_HOME."""
+
+    def __init__(self, endpoint: str, home: Path, script: Path = SCRIPT):
+        self.endpoint, self.home, self.script = endpoint, home, script
+        self.outputs = []
+
+    def env(self, token, free_bytes=None) -> dict:
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith(("HF_", "HUGGING")) and "proxy" not in name.lower()}
+        env.update(HUB_SETTINGS, HF_ENDPOINT=self.endpoint, HF_HOME=str(self.home), PYTHONUNBUFFERED="1")
+        if token:
+            env["HF_TOKEN"] = token
+        if free_bytes is not None:
+            env["TEST_FREE_BYTES"] = str(free_bytes)
+        return env
+
+    def command(self, *args) -> list:
+        return [sys.executable, "-c", LAUNCHER, str(self.script), *map(str, args)]
+
+    def __call__(self, *args, token=TOKEN, free_bytes=None, timeout=120) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.command(*args), env=self.env(token, free_bytes), cwd=REPO, capture_output=True,
+                                text=True, timeout=timeout)
+        self.outputs.append(result.stdout + result.stderr)
+        assert "loopback connections only" not in self.outputs[-1]
+        return result
+
+    def start(self, *args, token=TOKEN) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*args), env=self.env(token), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def download(hub, tmp_path) -> Runner:
+    home = tmp_path / "hf_home"
+    home.mkdir()
+    return Runner(hub.endpoint, home)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_complete_copy(out: Path, folder: Path, repo_id: str, model: str, hub: FakeHub):
+    """out holds the repository's three files, byte for byte, and a source.json that says so."""
+    for name in download_weights.CHECKPOINT_FILES:
+        assert sha256_of(out / name) == sha256_of(folder / "original" / name), name
+    source = json.loads((out / "source.json").read_text())
+    assert (source["kind"], source["repo_id"], source["model"]) == ("hub", repo_id, model)
+    assert source["revision"] == hub.repos[repo_id].commit
+    for name, record in source["files"].items():
+        blob = hub.blob(folder / "original" / name)
+        assert (record["size"], record["sha256"]) == (blob.size, blob.sha256)
+    assert source["files"]["params.json"]["git_blob_id"] == hub.blob(folder / "original" / "params.json").git_blob_id
+    assert not (out / download_weights.STAGING).exists()
+
+
+def assert_not_loadable(out: Path):
+    """What the notebook checks before it loads anything: the three files. Not all of them may be there."""
+    assert not all((out / name).is_file() for name in download_weights.CHECKPOINT_FILES)
+    assert not (out / "source.json").exists()
+
+
+def assert_token_never_shown(runner: Runner, *folders: Path):
+    for output in runner.outputs:
+        assert TOKEN not in output and NOT_ACCEPTED not in output
+    for folder in (runner.home, *folders):
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert TOKEN.encode() not in data and NOT_ACCEPTED.encode() not in data, path
+
+
+def partial_files(out: Path, name="consolidated.00.pth") -> list:
+    return list((out / download_weights.STAGING).glob(f"{name}.*.incomplete"))
+
+
+def partial_file(out: Path, name="consolidated.00.pth") -> Path:
+    found = partial_files(out, name)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# ---------------------------------------------------------------- downloads
+
+
+def test_clean_download_fetches_verifies_and_records_the_source(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+    assert "git blob id" in result.stdout and "sha256" in result.stdout
+    assert f"LLAMA3_DIR={out} jupyter lab llama3_from_scratch.ipynb" in result.stdout
+    # every file came once, whole (the LFS ones redirected to storage); the token went to the hub only
+    assert [r.status for r in hub.log(method="GET")] == [200, 302, 200, 302, 200]
+    assert all(r.authorized for r in hub.log(server="hub"))
+    assert not any(r.authorized for r in hub.log(server="storage"))
+    assert_token_never_shown(download, out)
+
+
+def test_a_second_run_checks_the_files_and_downloads_nothing(hub, download, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    assert download("--out", out).returncode == 0
+    gets = len(hub.log(method="GET"))
+    before = {name: (out / name).stat().st_mtime_ns for name in download_weights.CHECKPOINT_FILES}
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "nothing downloaded" in result.stdout
+    assert len(hub.log(method="GET")) == gets
+    assert before == {name: (out / name).stat().st_mtime_ns for name in download_weights.CHECKPOINT_FILES}
+
+
+def test_the_default_folder_is_the_notebooks_and_the_printed_command_opens_it(hub, download, tmp_path):
+    # the default --out is checkpoints/<model> next to the script: run a copy of the script elsewhere
+    copy = tmp_path / "project"
+    copy.mkdir()
+    download.script = Path(shutil.copy(SCRIPT, copy / SCRIPT.name))
+    result = download()
+    assert result.returncode == 0, result.stderr
+    assert (copy / "checkpoints" / "Meta-Llama-3-8B" / "source.json").is_file()
+    # the notebook's default folder: no LLAMA3_DIR needed
+    assert "\n  jupyter lab" in result.stdout and "LLAMA3_DIR" not in result.stdout
+
+
+def test_a_download_cut_halfway_is_resumed_by_the_next_run(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    cut_at = 2 * DOWNLOAD_CHUNK_SIZE
+    # the connection drops after cut_at bytes, and the hub is down when the client retries at once
+    hub.add_fault(LLAMA3, WEIGHTS, Fault("cut", at=cut_at))
+    hub.add_fault(LLAMA3, WEIGHTS, Fault("unavailable"))
+    first = download("--out", out)
+    assert first.returncode == 1
+    assert "stopped" in first.stderr and "run the same command again to resume" in first.stderr
+    assert_not_loadable(out)
+    assert partial_file(out).stat().st_size == cut_at
+
+    second = download("--out", out)
+    assert second.returncode == 0, second.stderr
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+    weights = hub.blob(repositories[LLAMA3] / WEIGHTS)
+    resumed = [r for r in hub.log(server="storage", method="GET") if r.path.endswith(weights.sha256) and r.range]
+    assert resumed[-1].range == f"bytes={cut_at}-" and resumed[-1].status == 206
+    assert hub.bytes_sent(weights.sha256) == weights.size  # not one byte sent twice
+
+
+def test_a_resume_that_the_server_answers_with_the_whole_file_starts_over_cleanly(hub, download, repositories,
+                                                                                  tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    hub.add_fault(LLAMA3, WEIGHTS, Fault("cut", at=DOWNLOAD_CHUNK_SIZE))
+    hub.add_fault(LLAMA3, WEIGHTS, Fault("unavailable"))
+    assert download("--out", out).returncode == 1
+    hub.add_fault(LLAMA3, WEIGHTS, Fault("no_range"))  # 200 and every byte, to the Range request
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert hub.log(server="storage", method="GET")[-1].status == 200
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+
+
+def test_a_dropped_connection_is_resumed_within_the_same_run(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    hub.add_fault(LLAMA3, WEIGHTS, Fault("cut", at=DOWNLOAD_CHUNK_SIZE))
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+    weights = hub.blob(repositories[LLAMA3] / WEIGHTS)
+    assert [r.range for r in hub.log(server="storage", method="GET") if r.path.endswith(weights.sha256)] == [
+        "", f"bytes={DOWNLOAD_CHUNK_SIZE}-"]
+    assert hub.bytes_sent(weights.sha256) == weights.size
+
+
+def test_ctrl_c_keeps_the_bytes_and_nothing_the_notebook_would_load(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    stall_at = 2 * DOWNLOAD_CHUNK_SIZE
+    stall = hub.add_fault(LLAMA3, WEIGHTS, Fault("stall", at=stall_at))
+    process = download.start("--out", out)
+    try:
+        assert stall.stalled.wait(timeout=60), "the download never reached the stall"
+        deadline = time.monotonic() + 30
+        while sum(path.stat().st_size for path in partial_files(out)) < stall_at:
+            assert time.monotonic() < deadline, "the client never wrote the bytes it received"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        stall.release.set()
+    download.outputs.append(stdout + stderr)
+    assert process.returncode == 130, stderr
+    assert f"The {download_weights.human_size(stall_at)} received so far are kept in" in stderr
+    assert "Run the same command again" in stderr
+    assert_not_loadable(out)
+    assert partial_file(out).stat().st_size == stall_at
+
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout
+    weights = hub.blob(repositories[LLAMA3] / WEIGHTS)
+    assert hub.log(server="storage", method="GET")[-1].range == f"bytes={stall_at}-"
+    assert hub.bytes_sent(weights.sha256) == weights.size
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+    assert_token_never_shown(download, out)
+
+
+# ---------------------------------------------------------------- verification
+
+
+def test_a_corrupted_download_is_reported_and_deleted(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    hub.add_fault(LLAMA3, WEIGHTS, Fault("corrupt"))
+    result = download("--out", out)
+    assert result.returncode == 1
+    weights = hub.blob(repositories[LLAMA3] / WEIGHTS)
+    assert "consolidated.00.pth arrived complete but is not the hub's file" in result.stderr
+    assert weights.sha256 in result.stderr and "deleted" in result.stderr
+    assert_not_loadable(out)
+    assert not (out / "consolidated.00.pth").exists()
+    assert partial_files(out) == []
+    # the next run fetches it afresh
+    assert download("--out", out).returncode == 0
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+
+
+def test_a_damaged_file_in_a_finished_folder_is_replaced(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    assert download("--out", out).returncode == 0
+    with open(out / "consolidated.00.pth", "r+b") as weights:  # same size, one byte flipped
+        weights.seek(12345)
+        byte = weights.read(1)
+        weights.seek(12345)
+        weights.write(bytes([byte[0] ^ 1]))
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "consolidated.00.pth: not the hub's file (its sha256 is" in result.stdout
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+
+
+def test_a_damaged_params_json_is_caught_by_its_git_blob_id(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    assert download("--out", out).returncode == 0
+    params = out / "params.json"
+    params.write_text(params.read_text().replace('"n_layers": 2', '"n_layers": 3'))
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "params.json: not the hub's file (its git blob id is" in result.stdout
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+
+
+def test_the_notebook_reads_a_download_and_its_model_name(hub, download, tmp_path):
+    """Llama 3.2's RoPE scale factor (32) comes from the model name that source.json records."""
+    out = tmp_path / "Llama-3.2-1B"
+    result = download("--model", "Llama-3.2-1B", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "source.json").read_text())["model"] == "Llama-3.2-1B"
+    results = run_notebook(out, names=("model_name", "rope_scale_factor"), max_new_tokens=1)
+    assert (results["model_name"], results["rope_scale_factor"]) == ("Llama-3.2-1B", 32.0)
+
+
+# ---------------------------------------------------------------- refusals before a byte moves
+
+
+def test_no_token_says_how_to_create_and_pass_one(hub, download, tmp_path):
+    result = download("--out", tmp_path / "out", token=None)
+    assert result.returncode == 1
+    assert "no Hugging Face token was found" in result.stderr
+    assert f"{hub.endpoint}/{LLAMA3}" in result.stderr and f"{hub.endpoint}/settings/tokens" in result.stderr
+    assert "HF_TOKEN=hf_..." in result.stderr and "hf auth login" in result.stderr
+    assert [r.status for r in hub.log()] == [401]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_token_saved_by_hf_auth_login_is_used(hub, download, tmp_path):
+    (download.home / "token").write_text(TOKEN)  # where `hf auth login` saves it
+    result = download("--out", tmp_path / "out", token=None)
+    assert result.returncode == 0, result.stderr
+    assert "token from `hf auth login`" in result.stdout
+    assert all(r.authorized for r in hub.log(server="hub"))
+
+
+def test_a_license_not_accepted_points_to_its_page(hub, download, tmp_path):
+    result = download("--model", "Llama-3.2-1B", "--out", tmp_path / "out", token=NOT_ACCEPTED)
+    assert result.returncode == 1
+    assert "does not give this token access to meta-llama/Llama-3.2-1B (403)" in result.stderr
+    assert f"Open {hub.endpoint}/{LLAMA32}" in result.stderr
+    assert [r.status for r in hub.log()] == [403]
+    assert not (tmp_path / "out").exists()
+    assert_token_never_shown(download, tmp_path)
+
+
+def test_a_rejected_token_says_where_it_came_from(hub, download, tmp_path):
+    result = download("--out", tmp_path / "out", token="hf_revoked")
+    assert result.returncode == 1
+    assert "rejected the token from the HF_TOKEN environment variable (401" in result.stderr
+    assert "hf_revoked" not in result.stderr
+
+
+def test_an_unknown_repository_is_named(hub, download, tmp_path):
+    result = download("--model", "Llama-3.2-3B", "--out", tmp_path / "out")  # not on this hub
+    assert result.returncode == 1
+    assert "The hub has no repository meta-llama/Llama-3.2-3B" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_model_name_lists_the_supported_ones(download, tmp_path):
+    result = download("--model", "Llama-3.2-1B-Instuct", "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert "Did you mean Llama-3.2-1B-Instruct?" in result.stderr
+    assert all(name in result.stderr for name in download_weights.MODELS)
+
+
+def test_too_little_disk_says_how_much_is_needed_and_free(hub, download, repositories, tmp_path):
+    out = tmp_path / "out"
+    result = download("--out", out, free_bytes=100 << 20)
+    assert result.returncode == 1
+    total = sum((repositories[LLAMA3] / "original" / name).stat().st_size
+                for name in download_weights.CHECKPOINT_FILES)
+    needed = download_weights.human_size(total)
+    assert f"{needed} still to write, plus a margin of 256.0 MiB, but the disk has 100.0 MiB free" in result.stderr
+    assert hub.log(method="GET") == []
+    assert not out.exists()
+
+
+def test_an_unreachable_hub_says_to_check_the_network(download, tmp_path):
+    with socket_closed_port() as port:
+        download.endpoint = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        result = download("--out", tmp_path / "out")
+    assert result.returncode == 1
+    assert f"Cannot reach the Hugging Face hub at http://127.0.0.1:{port}" in result.stderr
+    assert "--demo" in result.stderr
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_the_hub_a_finished_folder_is_checked_against_its_record(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    assert download("--out", out).returncode == 0
+    with socket_closed_port() as port:
+        download.endpoint = f"http://127.0.0.1:{port}"
+        result = download("--out", out)
+        assert result.returncode == 0, result.stderr
+        assert "The hub cannot be reached" in result.stdout and "still have the size and sha256" in result.stdout
+        (out / "consolidated.00.pth").write_bytes(b"truncated")
+        result = download("--out", out)
+        assert result.returncode == 1
+        assert "Cannot reach the Hugging Face hub" in result.stderr
+
+
+def test_a_folder_holding_something_else_is_left_untouched(hub, download, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "consolidated.00.pth").write_bytes(b"somebody's weights")
+    result = download("--out", out)
+    assert result.returncode == 1
+    assert "already holds files that download_weights.py did not fetch" in result.stderr
+    assert (out / "consolidated.00.pth").read_bytes() == b"somebody's weights"
+    assert hub.log() == []
+
+
+# ---------------------------------------------------------------- the demo checkpoint, served
+
+
+def test_the_demo_checkpoint_served_by_the_hub_downloads_whole(hub, download, demo_checkpoint, tmp_path):
+    """1.4 GB through the real client: the large-file path at a realistic size."""
+    folder = tmp_path / "demo-repo"
+    (folder / "original").mkdir(parents=True)
+    for name in download_weights.CHECKPOINT_FILES:
+        (folder / "original" / name).symlink_to(demo_checkpoint / name)
+    hub.add_repo("meta-llama/Meta-Llama-3-8B-Instruct", folder)
+    hub.blob(folder / WEIGHTS)  # hashed before the client asks, as the real hub has it ready
+    hub.add_token(TOKEN, accepted=[LLAMA3, LLAMA32, "meta-llama/Meta-Llama-3-8B-Instruct"])
+    out = tmp_path / "Meta-Llama-3-8B-Instruct"
+    result = download("--model", "Meta-Llama-3-8B-Instruct", "--out", out, timeout=300)
+    assert result.returncode == 0, result.stderr
+    source = json.loads((out / "source.json").read_text())
+    weights = source["files"]["consolidated.00.pth"]
+    assert weights["size"] == (demo_checkpoint / "consolidated.00.pth").stat().st_size
+    assert weights["sha256"] == hub.blob(folder / WEIGHTS).sha256
+
+
+class socket_closed_port:
+    """A loopback port that nothing listens on, for as long as the block runs."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        return self.socket.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.socket.close()
