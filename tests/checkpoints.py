@@ -30,11 +30,13 @@ def small_params(dim=256, n_layers=2, n_heads=8, n_kv_heads=2, multiple_of=64, f
     return params
 
 
-def distinct_state_dict(params: dict, seed: int, output: str = "own") -> dict:
+def distinct_state_dict(params: dict, seed: int, output: str = "own", query_key_gain: float = 1.0) -> dict:
     """Seeded random bf16 weights, every tensor its own.
 
     output: "own" (Llama 3, 3.1), "tied" (output.weight shares the embedding's storage) or
     "absent" (no output.weight at all; the embedding serves as the output projection).
+    query_key_gain multiplies every wq and wk: the attention scores grow with its square, attention gets
+    sharper, as in a trained model, and the angles RoPE turns by (its scaled slow pairs too) weigh more.
     """
     generator = torch.Generator().manual_seed(seed)
     state_dict = {}
@@ -45,6 +47,8 @@ def distinct_state_dict(params: dict, seed: int, output: str = "own") -> dict:
             values = torch.randn(shape, generator=generator)
         else:  # 1/sqrt(fan_in) keeps every projection's output at its input's scale
             values = torch.randn(shape, generator=generator) * shape[1] ** -0.5
+            if name.endswith((".wq.weight", ".wk.weight")):
+                values = values * query_key_gain
         state_dict[name] = values.to(torch.bfloat16)
     if output == "tied":
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
@@ -55,13 +59,14 @@ def distinct_state_dict(params: dict, seed: int, output: str = "own") -> dict:
     return state_dict
 
 
-def write_checkpoint(folder: Path, params: dict, seed: int = 0, output: str = "own", model: str = None) -> Path:
+def write_checkpoint(folder: Path, params: dict, seed: int = 0, output: str = "own", model: str = None,
+                     query_key_gain: float = 1.0) -> Path:
     """params.json, Meta's tokenizer.model and consolidated.00.pth in folder; source.json names the model if given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.json").write_text(json.dumps(params))
     shutil.copyfile(download_weights.bundled_tokenizer_path(), folder / "tokenizer.model")
-    torch.save(distinct_state_dict(params, seed, output), folder / "consolidated.00.pth")
+    torch.save(distinct_state_dict(params, seed, output, query_key_gain), folder / "consolidated.00.pth")
     if model is not None:
         (folder / download_weights.SOURCE_FILE).write_text(json.dumps({"kind": "test", "model": model}) + "\n")
     return folder

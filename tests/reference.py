@@ -43,11 +43,13 @@ def scaled_frequencies_with_factor(scale_factor: float):
     return apply_scaling
 
 
-def load_reference(checkpoint_dir: Path, max_seq_len: int, rope_scale_factor: float = None):
+def load_reference(checkpoint_dir: Path, max_seq_len: int, rope_scale_factor: float = None, dtype: torch.dtype = None):
     """Meta's Transformer with the checkpoint's weights, for one sequence of at most max_seq_len tokens.
 
     rope_scale_factor replaces the factor of 8 that Meta's code hard-codes for `use_scaled_rope`
     (right for Llama 3.1, wrong for 3.2, whose published configuration says 32).
+    dtype (torch.float32, say) converts every weight first, so that the whole model computes in that dtype;
+    the checkpoint's own tensors are used as they are when it is None.
     """
     from llama_models.llama3 import model as meta_model
     from llama_models.llama3.args import ModelArgs
@@ -59,6 +61,8 @@ def load_reference(checkpoint_dir: Path, max_seq_len: int, rope_scale_factor: fl
     state_dict = torch.load(checkpoint_dir / "consolidated.00.pth", map_location="cpu", mmap=True, weights_only=True)
     if "output.weight" not in state_dict:  # a tied checkpoint: the embedding is the output projection
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
+    if dtype is not None:
+        state_dict = {name: tensor.to(dtype) for name, tensor in state_dict.items()}
 
     # The layers allocate their weights uninitialised (torch.empty), which costs no memory until
     # written; assign=True then puts the checkpoint's own tensors in their place.
@@ -86,5 +90,69 @@ def reference_greedy_generation(model, tokens: torch.Tensor, n_new_tokens: int) 
         token = int(logits.argmax())
         generated.append(token)
         position = len(tokens) + len(generated) - 1
-        logits = model(torch.tensor([[token]]), position)[0, -1]
+        logits = model(torch.tensor([[token]], device=tokens.device), position)[0, -1]
     return generated
+
+
+def meta_sample_top_p():
+    """Meta's `sample_top_p`, compiled from the installed llama_models/llama3/generation.py.
+
+    Importing that module would import Meta's multimodal model and with it torchvision, which nothing here
+    needs; the function itself uses only torch, so it is taken from Meta's file on its own.
+    """
+    import ast
+
+    import llama_models.llama3
+
+    path = Path(llama_models.llama3.__file__).parent / "generation.py"
+    tree = ast.parse(path.read_text())
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "sample_top_p")
+    namespace = {"torch": torch}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["sample_top_p"]
+
+
+def reference_sampled_tokens(step_logits: torch.Tensor, temperature: float, top_p: float, seed: int) -> list:
+    """The tokens Meta's generation loop samples from these logits ([steps, vocab_size]), step after step,
+    with torch's generator seeded as given (and restored afterwards)."""
+    sample_top_p = meta_sample_top_p()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [int(sample_top_p(torch.softmax(logits.view(1, -1) / temperature, dim=-1), top_p)) for logits in step_logits]
+
+
+def reference_decoding(model, tokens: torch.Tensor, n_new_tokens: int, fed_tokens: list = None):
+    """Meta's incremental decoding as in reference_greedy_generation, returning the tokens and every step's
+    float32 logits [n_new_tokens, vocab_size]. With fed_tokens, step i feeds fed_tokens[i] instead of its own
+    argmax (the tokens another run chose), so that two runs can be compared step by step."""
+    logits = model(tokens.view(1, -1), 0)[0, -1]
+    generated, step_logits = [], []
+    for step in range(n_new_tokens):
+        step_logits.append(logits.float())
+        token = int(logits.argmax()) if fed_tokens is None else int(fed_tokens[step])
+        generated.append(token)
+        if step + 1 < n_new_tokens:
+            logits = model(torch.tensor([[token]], device=tokens.device), len(tokens) + step)[0, -1]
+    return generated, torch.stack(step_logits)
+
+
+class _LastPositionProjection(torch.nn.Module):
+    """Meta's output projection applied to the last position only."""
+
+    def __init__(self, projection: torch.nn.Module):
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.projection(h[:, -1:])
+
+
+def project_last_position_only(model):
+    """Meta's Transformer, otherwise unchanged, projecting only the last position onto the vocabulary.
+
+    Its forward pass computes logits for every position it is given: for a prompt of a thousand tokens and
+    Meta's 128256-token vocabulary that is most of the work (and 1 GB in float64), while generation and the
+    next-token prediction read only the last row. model(tokens, start_pos) then returns [1, 1, vocab_size].
+    """
+    model.output = _LastPositionProjection(model.output)
+    return model
