@@ -12,18 +12,19 @@ from unittest import mock
 
 import torch
 
-_process_group_file = None
+_rendezvous_folder = None  # removed when the process exits
 
 
 def ensure_model_parallel_group():
     """fairscale's model-parallel state for a single CPU process (created once per process)."""
-    global _process_group_file
+    global _rendezvous_folder
     import fairscale.nn.model_parallel.initialize as fs_init
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        _process_group_file = tempfile.NamedTemporaryFile(prefix="llama3-gloo-", delete=False)
-        dist.init_process_group("gloo", init_method=f"file://{_process_group_file.name}", rank=0, world_size=1)
+        _rendezvous_folder = tempfile.TemporaryDirectory(prefix="llama3-gloo-")
+        rendezvous = Path(_rendezvous_folder.name) / "rendezvous"
+        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=0, world_size=1)
     if not fs_init.model_parallel_is_initialized():
         fs_init.initialize_model_parallel(1)
 

@@ -1,0 +1,76 @@
+"""The benchmark runs end to end, and its page-cache tools do what they say. No timing is asserted here:
+timings belong to `python benchmarks/benchmark.py`, on a quiet machine."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoints import small_params, write_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import benchmark  # noqa: E402
+import full_size_checkpoint  # noqa: E402
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding path, from the longest matching mount point."""
+    path, best, kind = str(Path(path).resolve()), "", ""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount_point, fs_type = line.split()[:3]
+        if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
+            best, kind = mount_point, fs_type
+    return kind
+
+
+@pytest.mark.skipif(not Path("/proc/self/mounts").is_file(), reason="Linux page-cache calls")
+def test_dropping_the_page_cache_leaves_a_read_file_not_resident(tmp_path):
+    if filesystem_type(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("files in memory have no page cache to drop")
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(8 << 20))
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())  # written back: its pages are clean, so they can be dropped
+        file.read()
+    assert benchmark.resident_fraction(path) == 1.0
+    assert benchmark.drop_page_cache(path) < 0.05
+    path.read_bytes()
+    assert benchmark.resident_fraction(path) == 1.0
+
+
+def test_full_size_checkpoint_has_distinct_layers_in_metas_layout(tmp_path):
+    params = small_params(n_layers=3)
+    folder = full_size_checkpoint.build_full_size(tmp_path / "full", params_json=json.dumps(params))
+    assert full_size_checkpoint.full_size_is_complete(folder)
+    state_dict = torch.load(folder / "consolidated.00.pth", weights_only=True)
+    assert list(state_dict) == list(benchmark.download_weights.checkpoint_shapes(params))
+    first, second = state_dict["layers.0.feed_forward.w1.weight"], state_dict["layers.1.feed_forward.w1.weight"]
+    assert first.dtype == torch.bfloat16 and not torch.equal(first, second)
+    assert not torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"])
+    assert abs(first.float().std().item() - params["dim"] ** -0.5) < 0.01
+    assert torch.equal(state_dict["norm.weight"], torch.ones(params["dim"], dtype=torch.bfloat16))
+
+
+def test_benchmark_runs_notebook_and_reference_and_writes_one_row(tmp_path, capsys):
+    checkpoint = write_checkpoint(tmp_path / "tiny", small_params(), seed=3)
+    results = tmp_path / "results.json"
+    assert benchmark.main(["--checkpoint", str(checkpoint), "--device", "cpu", "--cache", "warm", "--repeats", "1",
+                           "--decode-tokens", "2", "--max-new-tokens", "3", "--json", str(results)]) == 0
+
+    report = json.loads(results.read_text())
+    [row] = report["rows"]
+    assert row["device"] == "cpu" and row["page_cache"] == "warm"
+    assert row["same_next_token_as_meta"]
+    assert row["max_logit_difference"] < 0.1
+    assert row["memory_samples"] > 10
+    assert 0 < row["peak_anon_bytes"] <= row["peak_rss_bytes"]
+    for name in ("notebook_seconds", "loop_first_seconds", "loop_seconds", "decode_seconds_per_token",
+                 "meta_layers_seconds", "meta_forward_seconds", "meta_decode_seconds_per_token", "loop_over_meta"):
+        assert row[name] > 0, name
+    assert row["meta_layers_seconds"] < row["meta_forward_seconds"]
+    assert "| tiny | cpu |" in capsys.readouterr().out
