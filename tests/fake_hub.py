@@ -19,7 +19,6 @@ released, serve damaged bytes, answer 503, ignore the Range header.
 import hashlib
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path

@@ -106,3 +106,11 @@ def reference_last_logits(folder: Path, prompt_name: str, dtype: torch.dtype = N
 def ulp(value: float, dtype: torch.dtype) -> float:
     """Spacing of dtype's numbers at |value|: one unit in the last place."""
     return torch.finfo(dtype).eps * 2.0 ** math.floor(math.log2(abs(value)))
+
+
+def rounding_tolerance(reference: torch.Tensor, wider: torch.Tensor, dtype: torch.dtype) -> float:
+    """How far a faithful computation in dtype may be from the reference (test_fidelity.py derives it): twice the
+    reference's own rounding error, measured against the reference in a wider dtype, plus one unit in the last
+    place of the largest logit. For the logits of several steps, the rounding error is the largest of them."""
+    rounding_error = (reference.float() - wider.float()).abs().max().item()
+    return 2 * rounding_error + ulp(wider.abs().max().item(), dtype)

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from fidelity_cases import (CHECKPOINTS, PROMPTS, checkpoint_folder, meta_prompt_tokens, notebook_run,
-                            reference_last_logits, ulp)
+                            reference_last_logits, rounding_tolerance)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 REFERENCE_DTYPE = {"bfloat16": None, "float32": torch.float32}  # None: the checkpoint's own bf16 tensors
@@ -53,10 +53,8 @@ def logit_tolerance(folder, prompt, dtype) -> dict:
     """The tolerance derived in the module's docstring, with the quantities it comes from."""
     reference = reference_last_logits(folder, prompt, REFERENCE_DTYPE[dtype])
     wider = reference_last_logits(folder, prompt, WIDER_DTYPE[dtype])
-    rounding_error = (reference - wider).abs().max().item()
-    largest = wider.abs().max().item()
-    return {"tolerance": 2 * rounding_error + ulp(largest, DTYPES[dtype]),
-            "reference_rounding_error": rounding_error, "largest_logit": largest}
+    return {"tolerance": rounding_tolerance(reference, wider, DTYPES[dtype]),
+            "reference_rounding_error": (reference - wider).abs().max().item(), "largest_logit": wider.abs().max().item()}
 
 
 def top_k_bounds(reference: torch.Tensor, k: int, tolerance: float):

@@ -37,7 +37,7 @@ import torch
 from nbclient.exceptions import CellExecutionError
 
 from checkpoints import distinct_state_dict, small_params, write_checkpoint
-from fidelity_cases import ulp
+from fidelity_cases import rounding_tolerance
 from notebook_runner import run_notebook
 from reference import (load_reference, project_last_position_only, reference_decoding, reference_greedy_generation,
                        reference_sampled_tokens)
@@ -183,15 +183,6 @@ def reference_model(folder: Path, n_positions: int, factor, dtype: torch.dtype):
     return project_last_position_only(model)
 
 
-def tolerance(reference: torch.Tensor, wider: torch.Tensor, dtype: torch.dtype) -> float:
-    """Twice the reference's own rounding error, plus one unit in the last place of the largest logit.
-
-    For the logits of several steps the rounding error is the largest of them: one step's error can be
-    small by chance (measured: from 0.1 to 1 times the largest), while the notebook's error at that step is not.
-    """
-    return 2 * largest_difference(reference, wider) + ulp(wider.abs().max().item(), dtype)
-
-
 def margins(logits: torch.Tensor) -> torch.Tensor:
     """Per row: how far the most likely token is ahead of the second."""
     top2 = logits.float().topk(2, dim=-1).values
@@ -209,7 +200,7 @@ def decoding_comparison(folder: Path, run: dict, factor, dtype: torch.dtype) -> 
     _, wider_logits = reference_decoding(reference_model(folder, n_positions, factor, WIDER[dtype]), tokens,
                                          len(generated), fed_tokens=generated)
     return {"free_tokens": free_tokens, "free_logits": free_logits, "fed_logits": fed_logits,
-            "tolerance": tolerance(fed_logits, wider_logits, dtype)}
+            "tolerance": rounding_tolerance(fed_logits, wider_logits, dtype)}
 
 
 @pytest.fixture(scope="session")
@@ -235,7 +226,7 @@ def single_prediction_comparison(folder: Path, run: dict, factor) -> dict:
             last[name] = last["reference"]
         else:
             last[name] = reference_model(folder, len(tokens), scale, dtype)(tokens.view(1, -1), 0)[0, -1].float()
-    last["tolerance"] = tolerance(last["reference"], last["wider"], torch.float32)
+    last["tolerance"] = rounding_tolerance(last["reference"], last["wider"], torch.float32)
     return last
 
 
