@@ -3,7 +3,7 @@
     python benchmarks/full_size_checkpoint.py                       # into the default folder below
     python benchmarks/full_size_checkpoint.py --out /data/llama3-8b-full-size
 
-The demo checkpoint of download_weights.py shares one layer's storage across all layers (1.5 GB), so a
+The demo checkpoint (demo_checkpoint.py) shares one layer's storage across all layers (1.5 GB), so a
 pass over its 32 layers reads the same 0.4 GB again and again. Here every layer and the output projection
 are tensors of their own, like Meta's file: a forward pass moves the same bytes through memory (and over
 PCIe when streaming to a GPU) as the real 8B does. Predictions are meaningless; timings and memory are real.
@@ -27,20 +27,23 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import download_weights  # noqa: E402
+from checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_free_space, check_output_folder, \
+    remove_staging, source_kind, staged_build  # noqa: E402
+from demo_checkpoint import random_normal_bf16  # noqa: E402
+from meta_layout import META_LLAMA3_8B, META_LLAMA3_8B_PARAMS_JSON, bundled_tokenizer_path, \
+    checkpoint_shapes  # noqa: E402
 
 DEFAULT_OUT = Path.home() / ".cache" / "llama3-from-scratch" / "Meta-Llama-3-8B-full-size-random"
 KIND = "full-size-random"
 
 
 def full_size_is_complete(folder: Path) -> bool:
-    return (download_weights.read_source(folder).get("kind") == KIND
-            and all((folder / name).is_file() for name in download_weights.CHECKPOINT_FILES))
+    return source_kind(folder) == KIND and all((Path(folder) / name).is_file() for name in CHECKPOINT_FILES)
 
 
 def placeholder_state_dict(params: dict) -> dict:
     """Every tensor of the checkpoint, uninitialised: torch.empty reserves address space, not memory."""
-    return {name: torch.empty(shape, dtype=torch.bfloat16) for name, shape in download_weights.checkpoint_shapes(params).items()}
+    return {name: torch.empty(shape, dtype=torch.bfloat16) for name, shape in checkpoint_shapes(params).items()}
 
 
 def initial_std(name: str, shape: tuple) -> float:
@@ -53,7 +56,7 @@ def initial_std(name: str, shape: tuple) -> float:
 def fill_mapped_checkpoint(path: Path, params: dict, seed: int):
     """Write seeded random values into the archive's storages in place, flushing to disk layer by layer."""
     generator = torch.Generator().manual_seed(seed)
-    shapes = download_weights.checkpoint_shapes(params)
+    shapes = checkpoint_shapes(params)
     total = sum(math.prod(shape) for shape in shapes.values() if len(shape) == 2)
     with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
         mapped = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
@@ -64,7 +67,7 @@ def fill_mapped_checkpoint(path: Path, params: dict, seed: int):
                 if len(shape) == 1:  # RMSNorm weights: ones, as in the demo
                     mapped[name].fill_(1)
                     continue
-                mapped[name].copy_(download_weights.random_normal_bf16(shape, initial_std(name, shape), generator, progress))
+                mapped[name].copy_(random_normal_bf16(shape, initial_std(name, shape), generator, progress))
                 if name.endswith("feed_forward.w3.weight") or not name.startswith("layers."):
                     os.fsync(file_descriptor)  # a layer at a time: dirty pages never pile up in memory
             os.fsync(file_descriptor)
@@ -73,40 +76,32 @@ def fill_mapped_checkpoint(path: Path, params: dict, seed: int):
         del mapped
 
 
-def build_full_size(out_dir: Path = DEFAULT_OUT, seed: int = 0,
-                    params_json: str = download_weights.META_LLAMA3_8B_PARAMS_JSON) -> Path:
-    """Write the checkpoint to out_dir atomically (a half-built folder never carries the name)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and download_weights.read_source(out_dir).get("kind") != KIND:
-        raise download_weights.CheckpointError(
-            f"{out_dir} exists and is not a full-size random checkpoint built by this script; it is left untouched. "
-            "Choose another folder with --out, or remove it yourself."
-        )
-    params = json.loads(params_json)
-    tokenizer = download_weights.bundled_tokenizer_path()
-    checkpoint_bytes = sum(math.prod(shape) for shape in download_weights.checkpoint_shapes(params).values()) * 2
-    download_weights.check_free_space(out_dir.parent, checkpoint_bytes)
-
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # a leftover of an interrupted build
-    partial.mkdir(parents=True)
-    (partial / "params.json").write_text(params_json)
-    shutil.copyfile(tokenizer, partial / "tokenizer.model")
-    with torch.serialization.skip_data():
-        torch.save(placeholder_state_dict(params), partial / "consolidated.00.pth")
-    fill_mapped_checkpoint(partial / "consolidated.00.pth", params, seed)
-    source = {
+def full_size_source(seed: int) -> dict:
+    return {
         "kind": KIND,
-        "model": download_weights.DEFAULT_MODEL,
+        "model": META_LLAMA3_8B,
         "weights": "random (seeded); every layer and the output projection are distinct tensors",
         "seed": seed,
         "note": "Meta's layout and tokenizer with random weights, at full size: "
                 "timings and memory are the 8B's, predictions mean nothing.",
     }
-    (partial / download_weights.SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")  # the marker, last
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)
+
+
+def build_full_size(out_dir: Path = DEFAULT_OUT, seed: int = 0, params_json: str = META_LLAMA3_8B_PARAMS_JSON) -> Path:
+    """Write the checkpoint into out_dir by checkpoint_folder's rules: only its own files change, each once complete."""
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, belongs=lambda source: source.get("kind") == KIND,
+                        wanted="a full-size random checkpoint")
+    params = json.loads(params_json)
+    tokenizer = bundled_tokenizer_path()
+    remove_staging(out_dir)  # what an earlier build left when it was killed
+    check_free_space(out_dir, sum(math.prod(shape) for shape in checkpoint_shapes(params).values()) * torch.bfloat16.itemsize)
+    with staged_build(out_dir, full_size_source(seed)) as staging:
+        (staging / "params.json").write_text(params_json)
+        shutil.copyfile(tokenizer, staging / "tokenizer.model")
+        with torch.serialization.skip_data():
+            torch.save(placeholder_state_dict(params), staging / "consolidated.00.pth")
+        fill_mapped_checkpoint(staging / "consolidated.00.pth", params, seed)
     return out_dir
 
 
@@ -120,7 +115,7 @@ def main(argv=None) -> int:
         return 0
     try:
         out_dir = build_full_size(args.out, args.seed)
-    except download_weights.CheckpointError as error:
+    except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"Full-size checkpoint ready in {out_dir}")

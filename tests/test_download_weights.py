@@ -21,20 +21,24 @@ from pathlib import Path
 import pytest
 from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 
-import download_weights
+from checkpoint_folder import CHECKPOINT_FILES, STAGING, human_size
 from checkpoints import small_params, write_checkpoint
 from fake_hub import FakeHub, Fault
+from hub_download import MODELS
 from notebook_runner import run_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "download_weights.py"
+# the script and the modules it imports, which sit beside it
+SCRIPT_FILES = ("download_weights.py", "checkpoint_folder.py", "hub_download.py", "demo_checkpoint.py", "meta_layout.py")
 LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 LLAMA32 = "meta-llama/Llama-3.2-1B"
 WEIGHTS = "original/consolidated.00.pth"
 TOKEN = "hf_" + secrets.token_hex(16)  # an account that accepted both licenses
 NOT_ACCEPTED = "hf_" + secrets.token_hex(16)  # an account that accepted none
-# Runs the script as `python download_weights.py ...` would, in a process that can connect to loopback only;
-# with TEST_FREE_BYTES set, the disk reports that much free space.
+# Runs the script as `python download_weights.py ...` would (its own folder first on sys.path), in a process
+# that can connect to loopback only; with TEST_FREE_BYTES set, the disk reports that much free space, and
+# TEST_READ_ONLY names a folder that os.access reports unwritable (as chmod would for a user other than root).
 LAUNCHER = """
 import os, runpy, shutil, socket, sys
 real_connect = socket.socket.connect
@@ -47,7 +51,13 @@ free = os.environ.pop("TEST_FREE_BYTES", None)
 if free is not None:
     real_disk_usage = shutil.disk_usage
     shutil.disk_usage = lambda path: real_disk_usage(path)._replace(free=int(free))
+read_only = os.environ.pop("TEST_READ_ONLY", None)
+if read_only is not None:
+    real_access = os.access
+    os.access = lambda path, mode: real_access(path, mode) and not (
+        mode & os.W_OK and os.path.realpath(path) == os.path.realpath(read_only))
 sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 HUB_SETTINGS = {
@@ -97,7 +107,7 @@ class Runner:
         self.endpoint, self.home, self.script = endpoint, home, script
         self.outputs = []
 
-    def env(self, token, free_bytes=None) -> dict:
+    def env(self, token, free_bytes=None, read_only=None) -> dict:
         env = {name: value for name, value in os.environ.items()
                if not name.startswith(("HF_", "HUGGING")) and "proxy" not in name.lower()}
         env.update(HUB_SETTINGS, HF_ENDPOINT=self.endpoint, HF_HOME=str(self.home), PYTHONUNBUFFERED="1")
@@ -105,14 +115,16 @@ class Runner:
             env["HF_TOKEN"] = token
         if free_bytes is not None:
             env["TEST_FREE_BYTES"] = str(free_bytes)
+        if read_only is not None:
+            env["TEST_READ_ONLY"] = str(read_only)
         return env
 
     def command(self, *args) -> list:
         return [sys.executable, "-c", LAUNCHER, str(self.script), *map(str, args)]
 
-    def __call__(self, *args, token=TOKEN, free_bytes=None, timeout=120) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.command(*args), env=self.env(token, free_bytes), cwd=REPO, capture_output=True,
-                                text=True, timeout=timeout)
+    def __call__(self, *args, token=TOKEN, free_bytes=None, read_only=None, timeout=120) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.command(*args), env=self.env(token, free_bytes, read_only), cwd=REPO,
+                                capture_output=True, text=True, timeout=timeout)
         self.outputs.append(result.stdout + result.stderr)
         assert "loopback connections only" not in self.outputs[-1]
         return result
@@ -135,7 +147,7 @@ def sha256_of(path: Path) -> str:
 
 def assert_complete_copy(out: Path, folder: Path, repo_id: str, model: str, hub: FakeHub):
     """out holds the repository's three files, byte for byte, and a source.json that says so."""
-    for name in download_weights.CHECKPOINT_FILES:
+    for name in CHECKPOINT_FILES:
         assert sha256_of(out / name) == sha256_of(folder / "original" / name), name
     source = json.loads((out / "source.json").read_text())
     assert (source["kind"], source["repo_id"], source["model"]) == ("hub", repo_id, model)
@@ -144,12 +156,12 @@ def assert_complete_copy(out: Path, folder: Path, repo_id: str, model: str, hub:
         blob = hub.blob(folder / "original" / name)
         assert (record["size"], record["sha256"]) == (blob.size, blob.sha256)
     assert source["files"]["params.json"]["git_blob_id"] == hub.blob(folder / "original" / "params.json").git_blob_id
-    assert not (out / download_weights.STAGING).exists()
+    assert not (out / STAGING).exists()
 
 
 def assert_not_loadable(out: Path):
     """What the notebook checks before it loads anything: the three files. Not all of them may be there."""
-    assert not all((out / name).is_file() for name in download_weights.CHECKPOINT_FILES)
+    assert not all((out / name).is_file() for name in CHECKPOINT_FILES)
     assert not (out / "source.json").exists()
 
 
@@ -164,7 +176,7 @@ def assert_token_never_shown(runner: Runner, *folders: Path):
 
 
 def partial_files(out: Path, name="consolidated.00.pth") -> list:
-    return list((out / download_weights.STAGING).glob(f"{name}.*.incomplete"))
+    return list((out / STAGING).glob(f"{name}.*.incomplete"))
 
 
 def partial_file(out: Path, name="consolidated.00.pth") -> Path:
@@ -194,19 +206,21 @@ def test_a_second_run_checks_the_files_and_downloads_nothing(hub, download, tmp_
     out = tmp_path / "Meta-Llama-3-8B"
     assert download("--out", out).returncode == 0
     gets = len(hub.log(method="GET"))
-    before = {name: (out / name).stat().st_mtime_ns for name in download_weights.CHECKPOINT_FILES}
+    before = {name: (out / name).stat().st_mtime_ns for name in CHECKPOINT_FILES}
     result = download("--out", out)
     assert result.returncode == 0, result.stderr
     assert "nothing downloaded" in result.stdout
     assert len(hub.log(method="GET")) == gets
-    assert before == {name: (out / name).stat().st_mtime_ns for name in download_weights.CHECKPOINT_FILES}
+    assert before == {name: (out / name).stat().st_mtime_ns for name in CHECKPOINT_FILES}
 
 
 def test_the_default_folder_is_the_notebooks_and_the_printed_command_opens_it(hub, download, tmp_path):
     # the default --out is checkpoints/<model> next to the script: run a copy of the script elsewhere
     copy = tmp_path / "project"
     copy.mkdir()
-    download.script = Path(shutil.copy(SCRIPT, copy / SCRIPT.name))
+    for name in SCRIPT_FILES:
+        shutil.copy(REPO / name, copy / name)
+    download.script = copy / SCRIPT.name
     result = download()
     assert result.returncode == 0, result.stderr
     assert (copy / "checkpoints" / "Meta-Llama-3-8B" / "source.json").is_file()
@@ -280,7 +294,7 @@ def test_ctrl_c_keeps_the_bytes_and_nothing_the_notebook_would_load(hub, downloa
         stall.release.set()
     download.outputs.append(stdout + stderr)
     assert process.returncode == 130, stderr
-    assert f"The {download_weights.human_size(stall_at)} received so far are kept in" in stderr
+    assert f"The {human_size(stall_at)} received so far are kept in" in stderr
     assert "Run the same command again" in stderr
     assert_not_loadable(out)
     assert partial_file(out).stat().st_size == stall_at
@@ -398,7 +412,7 @@ def test_an_unknown_model_name_lists_the_supported_ones(download, tmp_path):
     result = download("--model", "Llama-3.2-1B-Instuct", "--out", tmp_path / "out")
     assert result.returncode == 2
     assert "Did you mean Llama-3.2-1B-Instruct?" in result.stderr
-    assert all(name in result.stderr for name in download_weights.MODELS)
+    assert all(name in result.stderr for name in MODELS)
 
 
 def test_too_little_disk_says_how_much_is_needed_and_free(hub, download, repositories, tmp_path):
@@ -406,8 +420,8 @@ def test_too_little_disk_says_how_much_is_needed_and_free(hub, download, reposit
     result = download("--out", out, free_bytes=100 << 20)
     assert result.returncode == 1
     total = sum((repositories[LLAMA3] / "original" / name).stat().st_size
-                for name in download_weights.CHECKPOINT_FILES)
-    needed = download_weights.human_size(total)
+                for name in CHECKPOINT_FILES)
+    needed = human_size(total)
     assert f"{needed} still to write, plus a margin of 256.0 MiB, but the disk has 100.0 MiB free" in result.stderr
     assert hub.log(method="GET") == []
     assert not out.exists()
@@ -445,9 +459,83 @@ def test_a_folder_holding_something_else_is_left_untouched(hub, download, tmp_pa
     (out / "consolidated.00.pth").write_bytes(b"somebody's weights")
     result = download("--out", out)
     assert result.returncode == 1
-    assert "already holds files that download_weights.py did not fetch" in result.stderr
+    assert "already holds files that this project's scripts did not write (consolidated.00.pth)" in result.stderr
     assert (out / "consolidated.00.pth").read_bytes() == b"somebody's weights"
     assert hub.log() == []
+
+
+def test_a_repository_root_copied_by_another_tool_points_to_its_original_folder(hub, download, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    (out / "original").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    result = download("--out", out)
+    assert result.returncode == 1
+    assert "looks like a copy of a Hugging Face repository" in result.stderr
+    assert f"LLAMA3_DIR={out / 'original'}" in result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["config.json", "original"]
+    assert hub.log() == []
+
+
+def test_a_source_json_that_is_not_json_is_refused_before_any_request(hub, download, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    out.mkdir()
+    (out / "source.json").write_text('{"kind": "hub", ')
+    result = download("--out", out)
+    assert result.returncode == 1
+    assert f"{out / 'source.json'} cannot be read: it is not JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "source.json").read_text() == '{"kind": "hub", '
+    assert hub.log() == []
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_request(hub, download, tmp_path):
+    """os.access is told the folder is read-only: chmod alone does not stop root, whom the tests may run as."""
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    result = download("--out", parent / "Meta-Llama-3-8B", read_only=parent)
+    assert result.returncode == 1
+    assert f"{parent} is not writable by this user" in result.stderr and "--out" in result.stderr
+    assert hub.log() == []
+    assert list(parent.iterdir()) == []
+
+
+def test_a_file_as_out_is_refused_before_any_request(hub, download, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    out.write_text("not a folder")
+    result = download("--out", out)
+    assert result.returncode == 1
+    assert f"{out} is a file, not a folder" in result.stderr
+    assert out.read_text() == "not a folder"
+    assert hub.log() == []
+
+
+def test_a_redownload_deletes_nothing_it_did_not_write(hub, download, repositories, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    assert download("--out", out).returncode == 0
+    (out / "notes.txt").write_text("my notes")
+    (out / "runs").mkdir()
+    (out / "runs" / "log.txt").write_text("a run")
+    for sibling in (tmp_path / "Meta-Llama-3-8B.partial", tmp_path / "Meta-Llama-3-8B.old"):
+        sibling.mkdir()
+        (sibling / "mine.txt").write_text("mine")
+    (out / "consolidated.00.pth").write_bytes(b"damaged")  # downloaded again, through the staging folder
+    result = download("--out", out)
+    assert result.returncode == 0, result.stderr
+    assert_complete_copy(out, repositories[LLAMA3], LLAMA3, "Meta-Llama-3-8B", hub)
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "runs" / "log.txt").read_text() == "a run"
+    for sibling in (tmp_path / "Meta-Llama-3-8B.partial", tmp_path / "Meta-Llama-3-8B.old"):
+        assert (sibling / "mine.txt").read_text() == "mine"
+
+
+def test_a_staging_folder_that_is_not_ours_is_left_alone(hub, download, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    assert download("--out", out).returncode == 0
+    (out / STAGING).mkdir()
+    (out / STAGING / "mine.txt").write_text("mine")
+    result = download("--out", out)
+    assert result.returncode == 1
+    assert f"{out / STAGING} holds files that this project's scripts did not put there" in result.stderr
+    assert (out / STAGING / "mine.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------- the demo checkpoint, served
@@ -457,7 +545,7 @@ def test_the_demo_checkpoint_served_by_the_hub_downloads_whole(hub, download, de
     """1.4 GB through the real client: the large-file path at a realistic size."""
     folder = tmp_path / "demo-repo"
     (folder / "original").mkdir(parents=True)
-    for name in download_weights.CHECKPOINT_FILES:
+    for name in CHECKPOINT_FILES:
         (folder / "original" / name).symlink_to(demo_checkpoint / name)
     hub.add_repo("meta-llama/Meta-Llama-3-8B-Instruct", folder)
     hub.blob(folder / WEIGHTS)  # hashed before the client asks, as the real hub has it ready
