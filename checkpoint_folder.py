@@ -156,7 +156,9 @@ def foreign_folder_message(out_dir: Path, wanted: str) -> str:
             "--out, or move those files away."
         )
     names = sorted(path.name for path in out_dir.iterdir())
-    listed = ", ".join(names[:LISTED_NAMES]) + (f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else "")
+    listed = ", ".join(names[:LISTED_NAMES])
+    if len(names) > LISTED_NAMES:
+        listed += f" and {len(names) - LISTED_NAMES} more"
     return (
         f"{shown} already holds files that this project's scripts did not write ({listed}). It is left "
         f"untouched: for {wanted}, choose a new or empty folder with --out, or move its contents away."
@@ -279,9 +281,10 @@ def staged_build(out_dir: Path, source: dict):
             if is_empty_folder(folder):
                 folder.rmdir()
         if isinstance(error, OSError):
+            where = f" ({error.filename})" if error.filename else ""
             raise CheckpointError(
-                f"Writing {shown_path(out_dir)} failed: {error.strerror or error} ({error.filename or 'no file name'}). "
-                "The files this run had written are removed again. Make room or fix the cause, then run the "
-                "command again."
+                f"Writing {shown_path(out_dir)} failed: {error.strerror or error}{where}. The files this run had "
+                "written are removed again. Free some space on that disk, or fix what the error names, then run "
+                "the command again."
             ) from error
         raise

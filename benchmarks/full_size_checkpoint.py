@@ -95,7 +95,8 @@ def build_full_size(out_dir: Path = DEFAULT_OUT, seed: int = 0, params_json: str
     params = json.loads(params_json)
     tokenizer = bundled_tokenizer_path()
     remove_staging(out_dir)  # what an earlier build left when it was killed
-    check_free_space(out_dir, sum(math.prod(shape) for shape in checkpoint_shapes(params).values()) * torch.bfloat16.itemsize)
+    weights = sum(math.prod(shape) for shape in checkpoint_shapes(params).values())
+    check_free_space(out_dir, weights * torch.bfloat16.itemsize)
     with staged_build(out_dir, full_size_source(seed)) as staging:
         (staging / "params.json").write_text(params_json)
         shutil.copyfile(tokenizer, staging / "tokenizer.model")

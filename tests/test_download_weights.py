@@ -30,7 +30,8 @@ from notebook_runner import run_notebook
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "download_weights.py"
 # the script and the modules it imports, which sit beside it
-SCRIPT_FILES = ("download_weights.py", "checkpoint_folder.py", "hub_download.py", "demo_checkpoint.py", "meta_layout.py")
+SCRIPT_FILES = ("download_weights.py", "checkpoint_folder.py", "hub_download.py", "demo_checkpoint.py",
+                "meta_layout.py")
 LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 LLAMA32 = "meta-llama/Llama-3.2-1B"
 WEIGHTS = "original/consolidated.00.pth"
