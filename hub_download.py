@@ -51,7 +51,6 @@ class UnknownModelError(CheckpointError):
     """--model names no supported checkpoint."""
 
 
-
 @dataclass
 class HubFile:
     """One checkpoint file as the hub describes it: the answer to a HEAD request on its resolve URL."""
