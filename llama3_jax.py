@@ -13,14 +13,17 @@ import json
 import math
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tiktoken
 import torch
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
@@ -285,6 +288,152 @@ def run_generate(args) -> None:
     print(args.prompt + tokenizer.decode(new_tokens))
 
 
+# ------------------------------------------------------------------ training (the settings of train_llama3_from_scratch.ipynb)
+
+TRAIN_DEFAULTS = {"steps": 3000, "seed": 1337, "dim": 192, "layers": 4, "heads": 6, "kv_heads": 2, "batch_size": 16,
+                  "block_size": 64, "lr": 0.002, "eval_interval": 250, "eval_iters": 20}
+WEIGHT_DECAY, BETAS, GRAD_CLIP, INIT_STD, TRAIN_FRACTION = 0.1, (0.9, 0.99), 1.0, 0.02, 0.9
+N_SPECIAL_TOKENS = 256  # the notebook's tokenizer: learned ranks, then 256 special tokens
+
+
+def training_params(settings: dict, vocab_size: int) -> dict:
+    """The params.json the notebook writes for these model settings."""
+    return {"dim": settings["dim"], "n_layers": settings["layers"], "n_heads": settings["heads"],
+            "n_kv_heads": settings["kv_heads"], "vocab_size": vocab_size, "multiple_of": 32, "ffn_dim_multiplier": 1.0,
+            "norm_eps": 1e-5, "rope_theta": 10000.0, "use_scaled_rope": False}
+
+
+def initial_weights(config: dict, seed: int) -> dict:
+    """normal(0, 0.02) for every matrix and the embedding, ones for the norm gains (as the notebook does)."""
+    shapes = expected_shapes(config)
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    return {name: jnp.ones(shape) if len(shape) == 1 else INIT_STD * jax.random.normal(key, shape)
+            for key, (name, shape) in zip(keys, shapes.items())}
+
+
+def loss_fn(weights: dict, inputs, targets, rotations, config: dict):
+    """Mean next-token cross-entropy of the float32 logits, as F.cross_entropy computes it."""
+    logits = forward(weights, inputs, rotations, config)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def make_optimizer(peak_lr: float, steps: int):
+    """AdamW (decay on matrices only) after clipping the gradients' global norm; the notebook's get_lr:
+    linear warm-up from peak/warmup over max(1, steps // 20) steps, then cosine down to peak / 10."""
+    warmup = max(1, steps // 20)
+    schedule = optax.join_schedules([optax.linear_schedule(peak_lr / warmup, peak_lr, warmup - 1),
+                                     optax.cosine_decay_schedule(peak_lr, max(1, steps - warmup), alpha=0.1)], [warmup])
+    adamw = optax.adamw(schedule, b1=BETAS[0], b2=BETAS[1], eps=1e-8, weight_decay=WEIGHT_DECAY,
+                        mask=lambda weights: {name: value.ndim >= 2 for name, value in weights.items()})
+    return optax.chain(optax.clip_by_global_norm(GRAD_CLIP), adamw)
+
+
+def make_train_step(config: dict, optimizer, devices):
+    """One jitted step over a 1-D mesh of devices: the batch split along it, weights and optimizer state replicated."""
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+
+    def step(weights, optimizer_state, inputs, targets, rotations):
+        loss, grads = jax.value_and_grad(loss_fn)(weights, inputs, targets, rotations, config)
+        updates, optimizer_state = optimizer.update(grads, optimizer_state, weights)
+        return optax.apply_updates(weights, updates), optimizer_state, loss
+
+    jitted = jax.jit(step, in_shardings=(replicated, replicated, split, split, replicated),
+                     out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+    return jitted, replicated
+
+
+def batches(ids: np.ndarray, batch_size: int, block_size: int, bos_id: int, rng: np.random.Generator):
+    """(inputs, targets) of random windows: targets = block_size ids, inputs = <|begin_of_text|> + targets[:-1]."""
+    while True:
+        starts = rng.integers(0, len(ids) - block_size, batch_size)
+        targets = np.stack([ids[start:start + block_size] for start in starts])
+        yield np.concatenate([np.full((batch_size, 1), bos_id), targets[:, :-1]], axis=1).astype(np.int32), targets.astype(np.int32)
+
+
+def check_out_folder(out: Path) -> None:
+    source = out / "source.json"
+    ours = source.is_file() and json.loads(source.read_text()).get("trainer") == "llama3_jax.py"
+    if out.exists() and any(out.iterdir()) and not ours:
+        raise SettingError(f"--out {out} already holds files that llama3_jax.py did not write (no source.json with "
+                           "\"trainer\": \"llama3_jax.py\"): it may be a downloaded or notebook-trained checkpoint. "
+                           "Choose a new folder, e.g. --out checkpoints/tiny-shakespeare-jax-2, or move those files away.")
+
+
+def save_checkpoint(out: Path, weights: dict, params: dict, tokenizer_file: Path, source: dict) -> None:
+    """Meta's layout: params.json, consolidated.00.pth (bf16, Meta's names), tokenizer.model, source.json (last)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+    (out / "tokenizer.model").write_bytes(tokenizer_file.read_bytes())
+    torch.save({name: torch.from_numpy(np.array(value, np.float32)).to(torch.bfloat16) for name, value in weights.items()},
+               out / "consolidated.00.pth")
+    (out / "source.json").write_text(json.dumps({"kind": "trained", "model": "tiny-shakespeare", "trainer": "llama3_jax.py",
+                                                  **source}, indent=2) + "\n")
+
+
+def check_train_settings(args) -> None:
+    problems = [f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1"
+                for name in ("steps", "dim", "layers", "heads", "kv_heads", "batch_size", "block_size", "eval_interval",
+                             "eval_iters") if getattr(args, name) < 1]
+    if args.dim % args.heads or args.heads % args.kv_heads:
+        problems.append(f"--dim {args.dim} must split evenly into --heads {args.heads}, and those into --kv-heads {args.kv_heads}")
+    if args.batch_size % jax.device_count():
+        problems.append(f"--batch-size {args.batch_size} must split evenly over the {jax.device_count()} devices JAX sees")
+    if not args.lr > 0:
+        problems.append(f"--lr {args.lr} must be positive")
+    for path, what in [(args.data, "--data"), (args.tokenizer, "--tokenizer")]:
+        if not Path(path).is_file():
+            problems.append(f"{what} {path} does not exist (the tokenizer comes from a run of train_llama3_from_scratch.ipynb)")
+    if problems:
+        raise SettingError("Cannot train: " + "; ".join(problems) + ".")
+    check_out_folder(Path(args.out))
+
+
+def train(args, time_budget: float = None) -> list:
+    """Train from scratch; evaluate every eval_interval steps and at the end (saving then). Returns
+    [(step, training seconds, train loss, val loss)]. time_budget (seconds of training) may end it early."""
+    check_train_settings(args)
+    text = Path(args.data).read_text()
+    split_at = int(TRAIN_FRACTION * len(text))
+    ranks = sum(1 for _ in Path(args.tokenizer).read_text().splitlines())
+    tokenizer = load_tokenizer(Path(args.tokenizer), ranks + N_SPECIAL_TOKENS)
+    ids = {"train": np.array(tokenizer.encode(text[:split_at], disallowed_special=())),
+           "val": np.array(tokenizer.encode(text[split_at:], disallowed_special=()))}
+    bos_id = tokenizer.encode_single_token("<|begin_of_text|>")
+    params = training_params(vars(args), tokenizer.n_vocab)
+    config = model_config(params)
+    rotations = rope_rotations(config, args.block_size)
+    optimizer = make_optimizer(args.lr, args.steps)
+    train_step, replicated = make_train_step(config, optimizer, jax.devices())
+    weights = jax.device_put(initial_weights(config, args.seed), replicated)
+    optimizer_state = jax.device_put(optimizer.init(weights), replicated)
+    evaluate = jax.jit(partial(loss_fn, config=config))
+    train_batches = batches(ids["train"], args.batch_size, args.block_size, bos_id, np.random.default_rng(args.seed))
+    history, seconds = [], 0.0
+    progress = tqdm(range(args.steps), desc="training", unit="step")
+    for step in progress:
+        started = time.perf_counter()
+        weights, optimizer_state, loss = train_step(weights, optimizer_state, *next(train_batches), rotations)
+        loss = float(loss)  # waits for the step
+        seconds += time.perf_counter() - started
+        progress.set_postfix(loss=f"{loss:.3f}")
+        out_of_time = time_budget is not None and seconds >= time_budget
+        if (step + 1) % args.eval_interval == 0 or step + 1 == args.steps or out_of_time:
+            losses = {split: np.mean([float(evaluate(weights, *batch, rotations)) for batch, _ in zip(
+                batches(ids[split], args.batch_size, args.block_size, bos_id, np.random.default_rng(args.seed + 1)),
+                range(args.eval_iters))]) for split in ids}
+            history.append((step + 1, seconds, losses["train"], losses["val"]))
+            per_character = losses["val"] * len(ids["val"]) / (len(text) - split_at)
+            save_checkpoint(Path(args.out), weights, params, Path(args.tokenizer),
+                            {"step": step + 1, "steps": args.steps, "losses": {**losses, "val_nats_per_character": per_character},
+                             "train_seconds": round(seconds, 1), "devices": jax.device_count()})
+            progress.write(f"step {step + 1}: train {losses['train']:.3f}, val {losses['val']:.3f} nats/token "
+                           f"({per_character:.3f} per character), {seconds:.0f} s")
+        if out_of_time:
+            break
+    return history
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -299,13 +448,20 @@ def parse_args(argv=None):
                      help="bfloat16 computes as Meta's code does; float32 converts every weight first")
     gen.add_argument("--rope-scale-factor", type=float, default=os.environ.get("LLAMA3_ROPE_SCALE_FACTOR") or None,
                      help="Llama 3.1: 8, 3.2: 32; by default from source.json's model or the folder's name")
+    tr = commands.add_parser("train", help="train the training notebook's small Llama 3 on Tiny Shakespeare")
+    tr.add_argument("--out", default="checkpoints/tiny-shakespeare-jax", help="where the checkpoint goes (Meta's layout)")
+    tr.add_argument("--data", default="data/tinyshakespeare.txt")
+    tr.add_argument("--tokenizer", default="checkpoints/tiny-shakespeare/tokenizer.model",
+                    help="the training notebook's tokenizer.model (written by train_llama3_from_scratch.ipynb)")
+    for name, value in TRAIN_DEFAULTS.items():
+        tr.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        run_generate(args)
+        run_generate(args) if args.command == "generate" else train(args)
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
