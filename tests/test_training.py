@@ -209,3 +209,13 @@ def test_refuses_a_folder_that_it_did_not_write(tmp_path):
         run_training_notebook(folder, TINY_SETTINGS)
     assert [path.name for path in folder.iterdir()] == ["params.json"]
     assert (folder / "params.json").read_text() == '{"dim": 4096}'
+
+
+def test_writes_over_its_own_interrupted_first_save(tmp_path):
+    folder = tmp_path / "interrupted"
+    folder.mkdir()
+    (folder / "consolidated.00.pth.partial").write_bytes(b"half a file")  # what a run stopped while saving leaves
+    run_training_notebook(folder, {**TINY_SETTINGS, "LLAMA3_TRAIN_STEPS": "5"})
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        ["params.json", "tokenizer.model", "consolidated.00.pth", "source.json"])
+    assert json.loads((folder / "source.json").read_text())["step"] == 5
