@@ -20,6 +20,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so two runs on one folder are not told apart there
+    fcntl = None
+
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"  # the default home of every checkpoint folder
 SOURCE_FILE = "source.json"
 CHECKPOINT_FILES = ("params.json", "tokenizer.model", "consolidated.00.pth")
@@ -234,16 +239,44 @@ def is_staged_by_us(path: Path) -> bool:
             or (path.name.startswith(".") and path.name.endswith(".tmp")))
 
 
-def remove_staging(out_dir: Path):
-    """Delete the files these scripts put into STAGING (its marker last), then STAGING itself if that empties it."""
+def clear_staging(out_dir: Path):
+    """Delete the files these scripts put into STAGING, its marker last; without the marker nothing there is ours."""
     staging = Path(out_dir) / STAGING
-    if staging.is_dir() and read_source(staging):  # without the marker nothing in it is ours to delete
+    if staging.is_dir() and read_source(staging):
         for path in staging.iterdir():
             if path.name != SOURCE_FILE and is_staged_by_us(path) and not path.is_dir():
                 path.unlink()
         (staging / SOURCE_FILE).unlink()
-    if is_empty_folder(staging):
-        staging.rmdir()
+
+
+def remove_staging(out_dir: Path):
+    """clear_staging, then STAGING itself if that emptied it."""
+    clear_staging(out_dir)
+    if is_empty_folder(Path(out_dir) / STAGING):
+        (Path(out_dir) / STAGING).rmdir()
+
+
+@contextmanager
+def staging_lock(out_dir: Path):
+    """Hold STAGING (made if missing) for this run alone: a second run on the same folder is refused instead
+    of writing into, or deleting, this run's files. The lock ends with the process, even a killed one."""
+    staging = Path(out_dir) / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield staging
+        return
+    descriptor = os.open(staging, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"Another run is writing {shown_path(out_dir)} right now (it holds {shown_path(staging)}). Wait "
+                "for it to finish, or stop it, then run the command again."
+            ) from None
+        yield staging
+    finally:
+        os.close(descriptor)
 
 
 def publish(out_dir: Path, source: dict):
@@ -272,19 +305,21 @@ def staged_build(out_dir: Path, source: dict):
     are the folders this run made, so that nothing half-written stays behind."""
     out_dir = Path(out_dir)
     made = folders_to_make(out_dir)
-    try:
-        yield open_staging(out_dir, source)
-        publish(out_dir, source)
-    except BaseException as error:
-        remove_staging(out_dir)
-        for folder in made:
-            if is_empty_folder(folder):
-                folder.rmdir()
-        if isinstance(error, OSError):
-            where = f" ({error.filename})" if error.filename else ""
-            raise CheckpointError(
-                f"Writing {shown_path(out_dir)} failed: {error.strerror or error}{where}. The files this run had "
-                "written are removed again. Free some space on that disk, or fix what the error names, then run "
-                "the command again."
-            ) from error
-        raise
+    with staging_lock(out_dir):
+        try:
+            clear_staging(out_dir)  # what a killed build of the same kind left (its marker says so)
+            yield open_staging(out_dir, source)
+            publish(out_dir, source)
+        except BaseException as error:
+            remove_staging(out_dir)
+            for folder in made:
+                if is_empty_folder(folder):
+                    folder.rmdir()
+            if isinstance(error, OSError):
+                where = f" ({error.filename})" if error.filename else ""
+                raise CheckpointError(
+                    f"Writing {shown_path(out_dir)} failed: {error.strerror or error}{where}. The files this run "
+                    "had written are removed again. Free some space on that disk, or fix what the error names, "
+                    "then run the command again."
+                ) from error
+            raise

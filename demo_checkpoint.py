@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, check_free_space, check_output_folder, remove_staging, \
-    source_kind, staged_build
+from checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, check_free_space, check_output_folder, source_kind, \
+    staged_build
 from meta_layout import META_LLAMA3_8B, META_LLAMA3_8B_PARAMS_JSON, bundled_tokenizer_path, layer_shapes
 
 DEMO_DIR = CHECKPOINTS / "Meta-Llama-3-8B-demo"
@@ -126,7 +126,6 @@ def build_demo(out_dir: Path = DEMO_DIR, seed: int = 0, params_json: str = META_
     check_output_folder(out_dir, belongs=is_demo_source, wanted="the demo checkpoint")
     params = json.loads(params_json)
     tokenizer = bundled_tokenizer_path()
-    remove_staging(out_dir)  # what an earlier build left when it was killed: marked as the demo's own
     weight_bytes = demo_weight_bytes(params)
     check_free_space(out_dir, weight_bytes)
     with staged_build(out_dir, demo_source(seed)) as staging:

@@ -56,6 +56,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return textwrap.wrap(text, width, break_on_hyphens=False)
 
 
+def folder_path(text: str) -> Path:
+    """--out: a folder; a leading ~ means the home folder even when quotes kept the shell from expanding it."""
+    return Path(text).expanduser()
+
+
 def seed_value(text: str) -> int:
     """--seed: a whole number that torch's random generator takes."""
     try:
@@ -85,7 +90,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=folder_path,
         metavar="FOLDER",
         help="the folder to write (default: checkpoints/<model>, or checkpoints/Meta-Llama-3-8B-demo with --demo); "
         f"the notebook reads checkpoints/{DEFAULT_MODEL} unless LLAMA3_DIR names another folder",

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from checkpoint_folder import CHECKPOINT_FILES, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
     check_free_space, check_output_folder, claim_folder, human_size, read_source, remove_staging, shown_path, \
-    write_json
+    staging_lock, write_json
 
 # The checkpoints the notebook reads: --model name -> hub repository. Each repository keeps Meta's own
 # files (CHECKPOINT_FILES) in its HUB_FOLDER; the name is what source.json records as "model".
@@ -364,18 +364,19 @@ def download_from_hub(model: str, out_dir: Path, command: str) -> int:
 
     marker = {"kind": "hub", "repo_id": repo_id, "model": model, "revision": revision}
     plan_download(out_dir, revision, files)
-    records = keep_matching_files(out_dir, files, marker)
-    to_fetch = [file for file in files if file.name not in records]
-    if to_fetch:
-        claim_folder(out_dir, marker)
-        wanted = {partial_path(out_dir, file) for file in files}
-        for stale in set((out_dir / STAGING).glob(f"*{PARTIAL_SUFFIX}")) - wanted:
-            stale.unlink()  # bytes of another revision's files: they cannot be resumed
-    for file in to_fetch:
-        records[file.name] = fetch_verified(out_dir, file, token)
+    with staging_lock(out_dir):
+        records = keep_matching_files(out_dir, files, marker)
+        to_fetch = [file for file in files if file.name not in records]
+        if to_fetch:
+            claim_folder(out_dir, marker)
+            wanted = {partial_path(out_dir, file) for file in files}
+            for stale in set((out_dir / STAGING).glob(f"*{PARTIAL_SUFFIX}")) - wanted:
+                stale.unlink()  # bytes of another revision's files: they cannot be resumed
+        for file in to_fetch:
+            records[file.name] = fetch_verified(out_dir, file, token)
 
-    write_json(out_dir / SOURCE_FILE, {**marker, "hub": constants.ENDPOINT,
-                                       "files": {file.name: records[file.name] for file in files}})
-    remove_staging(out_dir)
+        write_json(out_dir / SOURCE_FILE, {**marker, "hub": constants.ENDPOINT,
+                                           "files": {file.name: records[file.name] for file in files}})
+        remove_staging(out_dir)
     return len(to_fetch)
 

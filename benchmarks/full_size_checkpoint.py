@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_free_space, check_output_folder, \
-    remove_staging, source_kind, staged_build  # noqa: E402
+    source_kind, staged_build  # noqa: E402
 from demo_checkpoint import random_normal_bf16  # noqa: E402
 from meta_layout import META_LLAMA3_8B, META_LLAMA3_8B_PARAMS_JSON, bundled_tokenizer_path, \
     checkpoint_shapes  # noqa: E402
@@ -94,7 +94,6 @@ def build_full_size(out_dir: Path = DEFAULT_OUT, seed: int = 0, params_json: str
                         wanted="a full-size random checkpoint")
     params = json.loads(params_json)
     tokenizer = bundled_tokenizer_path()
-    remove_staging(out_dir)  # what an earlier build left when it was killed
     weights = sum(math.prod(shape) for shape in checkpoint_shapes(params).values())
     check_free_space(out_dir, weights * torch.bfloat16.itemsize)
     with staged_build(out_dir, full_size_source(seed)) as staging:

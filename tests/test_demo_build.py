@@ -40,8 +40,8 @@ sys.exit(download_weights.main(sys.argv[1:]))
 """
 
 
-def run_script(*args, sigint_while_saving=False) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_script(*args, sigint_while_saving=False, home=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"HOME": str(home)} if home else {}))
     if sigint_while_saving:
         env["TEST_SIGINT_WHILE_SAVING"] = "1"
     return subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], env=env, capture_output=True, text=True,
@@ -122,6 +122,17 @@ def test_a_killed_builds_leftovers_are_cleared_by_the_next_build(tmp_path):
     build_small_demo(out)
     assert demo_checkpoint.demo_is_complete(out)
     assert_nothing_staged(out)
+
+
+def test_a_second_build_while_one_runs_is_refused_and_deletes_nothing(tmp_path):
+    out = build_small_demo(tmp_path / "demo")
+    with checkpoint_folder.staging_lock(out) as staging:  # as a build in another terminal holds it
+        checkpoint_folder.open_staging(out, demo_checkpoint.demo_source(seed=0))
+        (staging / "consolidated.00.pth").write_bytes(b"the other run's bytes so far")
+        with pytest.raises(CheckpointError, match="Another run is writing .*demo right now"):
+            build_small_demo(out)
+        assert (staging / "consolidated.00.pth").read_bytes() == b"the other run's bytes so far"
+    assert demo_checkpoint.demo_is_complete(out)
 
 
 # ---------------------------------------------------------------- folders that are not the demo's
@@ -288,6 +299,13 @@ def test_the_command_builds_the_demo_and_names_the_notebook_command(tmp_path):
     assert f"Demo checkpoint ready in {out}" in result.stdout and f"LLAMA3_DIR={out} jupyter lab" in result.stdout
     assert json.loads((out / "source.json").read_text())["seed"] == 3
     assert sorted(path.name for path in out.iterdir()) == sorted([*CHECKPOINT_FILES, "source.json"])
+
+
+def test_a_quoted_tilde_in_out_means_the_home_folder(tmp_path):
+    result = run_script("--demo", "--out", "~/demo", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert demo_checkpoint.demo_is_complete(tmp_path / "demo")
+    assert not (REPO / "~").exists()
 
 
 def test_a_refusal_exits_1_with_one_paragraph(tmp_path, capsys, no_weights_drawn):

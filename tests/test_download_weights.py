@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 
-from checkpoint_folder import CHECKPOINT_FILES, STAGING, human_size
+from checkpoint_folder import CHECKPOINT_FILES, STAGING, human_size, staging_lock
 from checkpoints import small_params, write_checkpoint
 from fake_hub import FakeHub, Fault
 from hub_download import MODELS
@@ -526,6 +526,20 @@ def test_a_redownload_deletes_nothing_it_did_not_write(hub, download, repositori
     assert (out / "notes.txt").read_text() == "my notes" and (out / "runs" / "log.txt").read_text() == "a run"
     for sibling in (tmp_path / "Meta-Llama-3-8B.partial", tmp_path / "Meta-Llama-3-8B.old"):
         assert (sibling / "mine.txt").read_text() == "mine"
+
+
+def test_a_second_run_while_one_downloads_is_refused_and_deletes_nothing(hub, download, tmp_path):
+    out = tmp_path / "Meta-Llama-3-8B"
+    assert download("--out", out).returncode == 0
+    (out / "consolidated.00.pth").write_bytes(b"damaged")  # to be fetched again
+    gets = len(hub.log(method="GET"))
+    with staging_lock(out) as staging:  # as a run in another terminal holds it
+        result = download("--out", out)
+        assert list(staging.iterdir()) == []
+    assert result.returncode == 1
+    assert "Another run is writing" in result.stderr and "Wait for it to finish" in result.stderr
+    assert len(hub.log(method="GET")) == gets
+    assert (out / "consolidated.00.pth").read_bytes() == b"damaged"
 
 
 def test_a_staging_folder_that_is_not_ours_is_left_alone(hub, download, tmp_path):
