@@ -164,9 +164,11 @@ SAVE_CELL = """
 inputs, targets = get_batch("train")
 results = {"state_dict": {name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
            "inputs": inputs, "targets": targets}
-for precision, dtype in [("float32", torch.float32), ("float64", torch.float64)]:
+rotations = model.rope_rotations  # Module.to(a real dtype) would keep only the real part of this complex buffer
+for precision, dtype, complex_dtype in [("float32", torch.float32, torch.complex64), ("float64", torch.float64, torch.complex128)]:
     model.to(dtype).zero_grad()
-    _, loss = model(inputs, targets)
+    model.rope_rotations = rotations.to(complex_dtype)
+    logits, loss = model(inputs, targets)
     loss.backward()
     results[precision] = {"loss": loss.item(), "grads": {name: p.grad.clone() for name, p in model.named_parameters()}}
 torch.save(results, {path!r})
@@ -200,12 +202,13 @@ def test_loss_and_every_gradient_equal_the_notebooks(notebook_step):
         assert difference <= tolerance, f"{name}: |jax - notebook| {difference:.3g} > {tolerance:.3g}"
 
 
+TWO_DEVICE_LR = 0.003
 TWO_DEVICES = """
 import sys, json, numpy as np, jax
 sys.path.insert(0, {repo!r})
 import llama3_jax as lj
 config = lj.model_config(lj.training_params({settings}, 320))
-optimizer = lj.make_optimizer(0.003, 10)
+optimizer = lj.make_optimizer({lr}, 10)
 rng = np.random.default_rng(0)
 inputs, targets = (rng.integers(0, 320, (8, 32)).astype(np.int32) for _ in range(2))
 rotations = lj.rope_rotations(config, 32)
@@ -221,7 +224,7 @@ print(json.dumps(max(float(np.abs(after[0][name] - after[1][name]).max()) for na
 
 
 def test_a_step_split_over_two_devices_gives_the_one_device_weights():
-    code = TWO_DEVICES.format(repo=str(REPO), settings=TINY)
+    code = TWO_DEVICES.format(repo=str(REPO), settings=TINY, lr=TWO_DEVICE_LR)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
                               "PATH": "/usr/bin:/bin"})
@@ -229,8 +232,12 @@ def test_a_step_split_over_two_devices_gives_the_one_device_weights():
     lines = run.stdout.splitlines()
     print(run.stdout)
     assert lines[1].startswith("2 devices") and lines[1].endswith(" 2")  # the weights live on both devices
-    # AdamW's first step moves each weight by about the learning rate: a difference of float32 rounding is 1e-6 of it
-    assert json.loads(lines[-1]) <= 1e-8
+    one_device_loss, two_device_loss = (float(line.split()[3]) for line in lines[:2])
+    assert abs(one_device_loss - two_device_loss) <= 4 * np.finfo(np.float32).eps * one_device_loss
+    # AdamW's first step moves every weight by about the learning rate, whatever its gradient's size: where a
+    # gradient is near 0, the order in which the two halves of the batch are summed can change that move. The
+    # weights must agree to 1% of one step (a wrong split, or a missing all-reduce, moves them by whole steps).
+    assert json.loads(lines[-1]) <= 0.01 * TWO_DEVICE_LR
 
 
 def test_trained_checkpoint_loads_into_metas_reference_strictly(notebook_step, jax_dir):
