@@ -107,7 +107,8 @@ class MemorySampler:
             self._stop.wait(self.interval_seconds)
 
     def peak(self, field: str, until: float = None) -> int:
-        values = [sample[field] for moment, sample in self.samples if until is None or moment <= until]
+        values = [sample[field] for moment, sample in self.samples  # an exiting process reports no memory fields
+                  if field in sample and (until is None or moment <= until)]
         return max(values) if values else None
 
 
