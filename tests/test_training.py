@@ -186,12 +186,17 @@ def test_walkthrough_runs_on_the_trained_checkpoint(trained):
     assert walkthrough["tokens"].tolist() == results["prompt_tokens"]
     difference = (walkthrough["logits"] - results["prompt_logits"]).abs().max().item()
     assert difference <= 1e-4 * results["prompt_logits"].abs().max().item()
+    # and directly against Meta's reference on the same folder, both in float32
+    reference = reference_logits(load_reference(folder, len(results["prompt_tokens"]), dtype=torch.float32),
+                                 walkthrough["tokens"])[-1]
+    assert (walkthrough["logits"] - reference).abs().max().item() <= 1e-4 * reference.abs().max().item()
     assert walkthrough["next_token"] == results["greedy_tokens"][0]
     assert walkthrough["generated_tokens"] == results["greedy_tokens"]
 
 
 @pytest.mark.parametrize("name, value", [("LLAMA3_TRAIN_STEPS", "-1"), ("LLAMA3_TRAIN_STEPS", "many"),
-                                         ("LLAMA3_TRAIN_LR", "fast"), ("LLAMA3_TRAIN_KV_HEADS", "3")])
+                                         ("LLAMA3_TRAIN_LR", "fast"), ("LLAMA3_TRAIN_KV_HEADS", "3"),
+                                         ("LLAMA3_DEVICE", "gpu")])
 def test_bad_setting_stops_the_notebook_before_any_work(tmp_path, name, value):
     folder = tmp_path / "out"
     with pytest.raises(CellExecutionError) as error:
