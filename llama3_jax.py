@@ -23,107 +23,60 @@ import numpy as np
 import optax
 import tiktoken
 import torch
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_output_folder, read_source, staged_build
+from meta_layout import checkpoint_shapes, layer_shapes
+
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
-CHECKPOINT_FILES = ("params.json", "tokenizer.model", "consolidated.00.pth")
-SUPPORTED_PARAMS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
-                    "norm_eps", "rope_theta", "use_scaled_rope"}
-REQUIRED_PARAMS = SUPPORTED_PARAMS - {"n_kv_heads", "ffn_dim_multiplier", "use_scaled_rope"}
-LAYER_TENSORS = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
-                 "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
-                 "attention_norm.weight", "ffn_norm.weight")
-ROPE_SCALE_FACTORS = {"Llama-3.1": 8.0, "Llama-3.2": 32.0}
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+ROPE_SCALE_FACTORS = {"llama-3.1": 8.0, "llama-3.2": 32.0}  # 3.1 and 3.2 stretch RoPE's slow frequencies differently
 ORIGINAL_CONTEXT, LOW_FREQ_FACTOR, HIGH_FREQ_FACTOR = 8192, 1.0, 4.0  # Llama 3's RoPE scaling constants
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-NAMED_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                        "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
-                        "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
-                        "<|image|>"]
-DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
-
-
-class SettingError(ValueError):
-    """A setting or a file that cannot work; the message says what is wrong and what to do."""
+SPECIAL_TOKENS = [f"<|{name}|>" for name in (  # then <|reserved_special_token_2|>, 3, ... up to vocab_size
+    "begin_of_text end_of_text reserved_special_token_0 reserved_special_token_1 finetune_right_pad_id step_id "
+    "start_header_id end_header_id eom_id eot_id python_tag image").split()]
 
 
 # ------------------------------------------------------------------ checkpoint, configuration, tokenizer
 
-
 def model_config(params: dict, rope_scale_factor=None) -> dict:
-    """Everything the forward pass needs from params.json (validated), plus the RoPE scale factor."""
-    unsupported, missing = sorted(set(params) - SUPPORTED_PARAMS), sorted(REQUIRED_PARAMS - set(params))
-    if unsupported or missing:
-        raise SettingError(f"params.json has keys this program does not support {unsupported} or lacks {missing}: "
-                           "it runs the Llama 3, 3.1 and 3.2 text models (8B, 3B, 1B) in Meta's original layout.")
-    n_heads, n_kv_heads = params["n_heads"], params.get("n_kv_heads") or params["n_heads"]
-    if params["dim"] % n_heads or n_heads % n_kv_heads:
-        raise SettingError(f"dim={params['dim']}, n_heads={n_heads}, n_kv_heads={n_kv_heads}: dim must split evenly "
-                           "into query heads, and query heads into key/value heads.")
-    ffn_dim = int(2 * 4 * params["dim"] / 3)
-    if params.get("ffn_dim_multiplier") is not None:
-        ffn_dim = int(params["ffn_dim_multiplier"] * ffn_dim)
-    ffn_dim = params["multiple_of"] * math.ceil(ffn_dim / params["multiple_of"])
-    return {"dim": params["dim"], "n_layers": params["n_layers"], "n_heads": n_heads, "n_kv_heads": n_kv_heads,
-            "head_dim": params["dim"] // n_heads, "vocab_size": params["vocab_size"], "ffn_dim": ffn_dim,
-            "norm_eps": params["norm_eps"], "rope_theta": params["rope_theta"],
-            "rope_scale_factor": rope_scale_factor if params.get("use_scaled_rope") else None}
-
-
-def rope_scale_factor_for(folder: Path, override) -> float:
-    """As the walkthrough decides it: the override, else source.json's model, else the folder's name."""
-    if override is not None:
-        if not 0 < override < float("inf"):
-            raise SettingError(f"--rope-scale-factor {override} is not a positive number: use 8 (Llama 3.1) or 32 "
-                               "(Llama 3.2).")
-        return override
-    source = json.loads((folder / "source.json").read_text()) if (folder / "source.json").is_file() else {}
-    folder_name = folder.resolve().parent.name if folder.resolve().name == "original" else folder.resolve().name
-    model_name = source.get("model") or source.get("repo_id", "").split("/")[-1] or folder_name
-    family = next((name for name in ROPE_SCALE_FACTORS if name.lower() in model_name.lower()), None)
-    if family is None:
-        raise SettingError(f"params.json turns on use_scaled_rope, but nothing says whether {folder} holds Llama 3.1 "
-                           f"(scale factor 8) or Llama 3.2 (32): neither its source.json nor its name "
-                           f"({model_name!r}) does. Pass --rope-scale-factor 8 or 32 (or set LLAMA3_ROPE_SCALE_FACTOR).")
-    return ROPE_SCALE_FACTORS[family]
+    """params.json with Meta's defaults filled in, plus head_dim and the RoPE scale factor (None: no scaling)."""
+    config = {"n_kv_heads": None, "ffn_dim_multiplier": None, "use_scaled_rope": False} | params
+    return config | {"n_kv_heads": config["n_kv_heads"] or config["n_heads"],
+                     "head_dim": config["dim"] // config["n_heads"],
+                     "rope_scale_factor": rope_scale_factor if config["use_scaled_rope"] else None}
 
 
 def read_checkpoint(folder: Path, rope_scale_factor=None):
     """params.json's configuration and the mmap'ed state dict, checked against each other before any work."""
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
-    if missing:
-        raise SettingError(f"The checkpoint folder {folder.resolve()} has no {', '.join(missing)}. Fetch a model with "
-                           "`python download_weights.py` (or build the offline demo with `--demo`), or train one with "
-                           "`python llama3_jax.py train`, and pass that folder as --checkpoint.")
+    if missing := [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]:
+        raise CheckpointError(f"{folder} has no {', '.join(missing)}. Get a checkpoint with `python "
+                              "download_weights.py` (offline: `--demo`) or `python llama3_jax.py train`, and pass its "
+                              "folder as --checkpoint.")
     if (folder / "consolidated.01.pth").exists():
-        raise SettingError(f"{folder} holds a checkpoint split over several consolidated.*.pth files (Llama 3 70B or "
-                           "405B). This program reads single-file checkpoints: the 8B, 3B and 1B models.")
+        raise CheckpointError(f"{folder} holds a checkpoint split over several consolidated.*.pth files "
+                              "(70B, 405B); this program reads single-file ones: the 8B, 3B and 1B models.")
     params = json.loads((folder / "params.json").read_text())
-    if params.get("use_scaled_rope"):
-        rope_scale_factor = rope_scale_factor_for(folder, rope_scale_factor)
+    if params.get("use_scaled_rope") and rope_scale_factor is None:  # Llama 3.1 or 3.2? source.json or the name says
+        name = read_source(folder).get("model") or "/".join(folder.resolve().parts[-2:])  # also <name>/original
+        factors = [factor for family, factor in ROPE_SCALE_FACTORS.items() if family in name.lower()]
+        if not factors:
+            raise CheckpointError(f"params.json turns on use_scaled_rope, but neither source.json nor the name "
+                                  f"{name!r} says whether this is Llama 3.1 or 3.2: pass --rope-scale-factor 8 or 32 "
+                                  "accordingly (or set LLAMA3_ROPE_SCALE_FACTOR).")
+        rope_scale_factor = factors[0]
     config = model_config(params, rope_scale_factor)
     state_dict = torch.load(folder / "consolidated.00.pth", map_location="cpu", mmap=True, weights_only=True)
-    expected = expected_shapes(config)
-    problems = ([f"unknown tensor {name}" for name in sorted(set(state_dict) - set(expected))]
-                + [f"missing tensor {name}" for name in sorted(set(expected) - set(state_dict) - {"output.weight"})]
-                + [f"{name} has shape {tuple(state_dict[name].shape)}, params.json implies {shape}"
-                   for name, shape in expected.items() if name in state_dict and tuple(state_dict[name].shape) != shape])
-    if problems:
-        raise SettingError(f"consolidated.00.pth in {folder} does not match its params.json ({len(problems)} problems: "
-                           + "; ".join(problems[:5]) + "). Use the params.json that came with these weights.")
+    shapes = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+    expected = {name: shape for name, shape in checkpoint_shapes(config).items()
+                if name in shapes or name != "output.weight"}  # Llama 3.2 may tie the output to the embedding
+    if differ := sorted({name for name, _ in shapes.items() ^ expected.items()}):
+        raise CheckpointError(f"consolidated.00.pth in {folder} does not match its params.json (tensors "
+                              f"missing, extra or of another shape: {', '.join(differ[:4])}). Use the params.json that "
+                              "came with these weights.")
     return config, state_dict
-
-
-def expected_shapes(config: dict) -> dict:
-    dim, ffn, q_rows, kv_rows = (config["dim"], config["ffn_dim"], config["n_heads"] * config["head_dim"],
-                                 config["n_kv_heads"] * config["head_dim"])
-    layer = dict(zip(LAYER_TENSORS, [(q_rows, dim), (kv_rows, dim), (kv_rows, dim), (dim, q_rows), (ffn, dim),
-                                     (dim, ffn), (ffn, dim), (dim,), (dim,)]))
-    shapes = {"tok_embeddings.weight": (config["vocab_size"], dim), "norm.weight": (dim,),
-              "output.weight": (config["vocab_size"], dim)}
-    return shapes | {f"layers.{i}.{name}": shape for i in range(config["n_layers"]) for name, shape in layer.items()}
 
 
 def jax_weights(state_dict: dict, dtype) -> dict:
@@ -131,23 +84,20 @@ def jax_weights(state_dict: dict, dtype) -> dict:
     converted, weights = {}, {}
     for name, tensor in tqdm(state_dict.items(), desc="weights", unit="tensor", leave=False):
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
-        if key not in converted:
-            if dtype == jnp.bfloat16:  # numpy has no bf16: the same 16 bits, viewed as ml_dtypes' bfloat16
-                array = tensor.to(torch.bfloat16).contiguous().view(torch.uint16).numpy().view(jnp.bfloat16)
-            else:
-                array = tensor.to(torch.float32).numpy()
-            converted[key] = jnp.asarray(array)
+        if key not in converted:  # numpy has no bf16: the same 16 bits, viewed as ml_dtypes' bfloat16
+            converted[key] = jnp.asarray(tensor.float().numpy() if dtype == jnp.float32 else
+                                         tensor.bfloat16().contiguous().view(torch.uint16).numpy().view(jnp.bfloat16))
         weights[name] = converted[key]
     return weights
 
 
 def load_tokenizer(path: Path, vocab_size: int) -> tiktoken.Encoding:
     """tiktoken on tokenizer.model (base64 bytes and rank per line), with Llama 3's split pattern and special tokens."""
-    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in path.read_text().splitlines())}
-    n_special = vocab_size - len(ranks)
-    reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(n_special - len(NAMED_SPECIAL_TOKENS))]
-    special = {name: len(ranks) + i for i, name in enumerate(NAMED_SPECIAL_TOKENS + reserved)}
-    return tiktoken.Encoding(name=path.parent.name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special)
+    ranks = {base64.b64decode(token): int(rank) for token, rank in map(str.split, path.read_text().splitlines())}
+    n_reserved = vocab_size - len(ranks) - len(SPECIAL_TOKENS)  # the special tokens fill the vocabulary up
+    special = SPECIAL_TOKENS + [f"<|reserved_special_token_{2 + i}|>" for i in range(n_reserved)]
+    return tiktoken.Encoding(name=path.parent.name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={name: len(ranks) + i for i, name in enumerate(special)})
 
 
 def prompt_tokens(tokenizer: tiktoken.Encoding, text: str) -> list:
@@ -157,17 +107,15 @@ def prompt_tokens(tokenizer: tiktoken.Encoding, text: str) -> list:
 
 # ------------------------------------------------------------------ the model
 
-
 def rope_rotations(config: dict, n_positions: int) -> jax.Array:
     """e^(i * position * frequency): complex64 [n_positions, head_dim / 2], slow frequencies scaled for 3.1 / 3.2."""
-    frequencies = 1.0 / (config["rope_theta"] ** (jnp.arange(0, config["head_dim"], 2, dtype=jnp.float32) / config["head_dim"]))
-    factor = config["rope_scale_factor"]
-    if factor is not None:
+    head_dim = config["head_dim"]
+    frequencies = 1.0 / config["rope_theta"] ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    if config["rope_scale_factor"]:  # wavelengths under 2048 positions stay, over 8192 slow down, between: blended
         wavelengths = 2 * jnp.pi / frequencies
         smooth = (ORIGINAL_CONTEXT / wavelengths - LOW_FREQ_FACTOR) / (HIGH_FREQ_FACTOR - LOW_FREQ_FACTOR)
-        blended = (1 - smooth) * frequencies / factor + smooth * frequencies
-        frequencies = jnp.where(wavelengths < ORIGINAL_CONTEXT / HIGH_FREQ_FACTOR, frequencies,
-                                jnp.where(wavelengths > ORIGINAL_CONTEXT / LOW_FREQ_FACTOR, frequencies / factor, blended))
+        smooth = jnp.clip(smooth, 0, 1)
+        frequencies = (1 - smooth) * frequencies / config["rope_scale_factor"] + smooth * frequencies
     angles = jnp.outer(jnp.arange(n_positions, dtype=jnp.float32), frequencies)
     return jax.lax.complex(jnp.cos(angles), jnp.sin(angles))
 
@@ -179,7 +127,7 @@ def linear(x, weight):
     if rows.shape[0] == 1 and x.dtype == jnp.bfloat16:
         rows = jnp.concatenate([rows, rows])
     product = jax.lax.dot_general(rows, weight, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    return product[: math.prod(x.shape[:-1])].reshape(*x.shape[:-1], -1).astype(x.dtype)
+    return product[: np.prod(x.shape[:-1])].reshape(*x.shape[:-1], -1).astype(x.dtype)
 
 
 def rms_norm(x, weight, eps: float):
@@ -194,30 +142,22 @@ def apply_rope(x, rotations):
     return jnp.stack([turned.real, turned.imag], axis=-1).reshape(x.shape).astype(x.dtype)
 
 
-def silu(x):
-    """x * sigmoid(x) in float32, rounded once."""
-    x_float = x.astype(jnp.float32)
-    return (x_float * jax.nn.sigmoid(x_float)).astype(x.dtype)
-
-
 def transformer(weights: dict, tokens, rotations, config: dict, cache=None, start=0):
-    """tokens [batch, n] at positions start, start + 1, ... -> final-norm hidden states [batch, n, dim] and the cache.
-
+    """tokens [batch, n] at positions start, start + 1, ... -> float32 logits [batch, n, vocab] and the cache.
     cache (keys, values), each [n_layers, batch, n_positions, n_kv_heads, head_dim], holds the rotated keys and the
-    values of earlier positions; this call writes its own into it. Without a cache, attention is over tokens alone.
-    """
+    values of earlier positions; this call writes its own into it and returns the logits of its last position only."""
     batch, n = tokens.shape
-    n_heads, n_kv_heads, head_dim = config["n_heads"], config["n_kv_heads"], config["head_dim"]
+    n_heads, n_kv_heads, head_dim, eps = config["n_heads"], config["n_kv_heads"], config["head_dim"], config["norm_eps"]
     turns = jax.lax.dynamic_slice_in_dim(rotations, start, n)
     n_keys = n if cache is None else cache[0].shape[2]
-    visible = jnp.arange(n_keys)[None, :] <= start + jnp.arange(n)[:, None]  # [n, n_keys]: key not after query
+    visible = jnp.arange(n_keys) <= start + jnp.arange(n)[:, None]  # [n, n_keys]: key not after query
     h = weights["tok_embeddings.weight"][tokens]
     for layer in range(config["n_layers"]):
-        w = partial(lambda layer, name: weights[f"layers.{layer}.{name}"], layer)
-        x = rms_norm(h, w("attention_norm.weight"), config["norm_eps"])
-        q = apply_rope(linear(x, w("attention.wq.weight")).reshape(batch, n, n_heads, head_dim), turns)
-        k = apply_rope(linear(x, w("attention.wk.weight")).reshape(batch, n, n_kv_heads, head_dim), turns)
-        v = linear(x, w("attention.wv.weight")).reshape(batch, n, n_kv_heads, head_dim)
+        w = {name: weights[f"layers.{layer}.{name}"] for name in layer_shapes(config)}  # this block's weights
+        x = rms_norm(h, w["attention_norm.weight"], eps)
+        q = apply_rope(linear(x, w["attention.wq.weight"]).reshape(batch, n, n_heads, head_dim), turns)
+        k = apply_rope(linear(x, w["attention.wk.weight"]).reshape(batch, n, n_kv_heads, head_dim), turns)
+        v = linear(x, w["attention.wv.weight"]).reshape(batch, n, n_kv_heads, head_dim)
         if cache is not None:  # write this call's keys and values at their positions, then read all positions
             cache = tuple(jax.lax.dynamic_update_slice(stack, new[None], (layer, 0, start, 0, 0))
                           for stack, new in zip(cache, (k, v)))
@@ -225,70 +165,54 @@ def transformer(weights: dict, tokens, rotations, config: dict, cache=None, star
         # query head h reads key/value head h // (n_heads / n_kv_heads): group the queries under their kv head
         q = q.reshape(batch, n, n_kv_heads, n_heads // n_kv_heads, head_dim)
         scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32).astype(q.dtype)
-        scores = scores / math.sqrt(head_dim)
-        scores = jnp.where(visible, scores, -jnp.inf)
+        scores = jnp.where(visible, scores / math.sqrt(head_dim), -jnp.inf)
         probabilities = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
         heads = jnp.einsum("bkgqs,bskd->bqkgd", probabilities, v, preferred_element_type=jnp.float32).astype(q.dtype)
-        h = h + linear(heads.reshape(batch, n, n_heads * head_dim), w("attention.wo.weight"))
-        x = rms_norm(h, w("ffn_norm.weight"), config["norm_eps"])
-        gate, up = silu(linear(x, w("feed_forward.w1.weight"))), linear(x, w("feed_forward.w3.weight"))
-        h = h + linear(gate * up, w("feed_forward.w2.weight"))
-    return rms_norm(h, weights["norm.weight"], config["norm_eps"]), cache
-
-
-def output_logits(weights: dict, hidden):
-    """float32 logits; Llama 3.2 without output.weight projects with the embedding."""
-    return linear(hidden, weights.get("output.weight", weights["tok_embeddings.weight"])).astype(jnp.float32)
+        h = h + linear(heads.reshape(batch, n, n_heads * head_dim), w["attention.wo.weight"])
+        x = rms_norm(h, w["ffn_norm.weight"], eps)
+        gate = jax.nn.silu(linear(x, w["feed_forward.w1.weight"]).astype(jnp.float32)).astype(x.dtype)  # SwiGLU
+        h = h + linear(gate * linear(x, w["feed_forward.w3.weight"]), w["feed_forward.w2.weight"])
+    h = rms_norm(h if cache is None else h[:, -1:], weights["norm.weight"], eps)
+    # Llama 3.2 without output.weight projects with the embedding; Meta rounds the logits to the weights' dtype
+    return linear(h, weights.get("output.weight", weights["tok_embeddings.weight"])).astype(jnp.float32), cache
 
 
 def forward(weights: dict, tokens, rotations, config: dict):
     """float32 logits [batch, n, vocab_size] of tokens [batch, n] starting at position 0."""
-    return output_logits(weights, transformer(weights, tokens, rotations, config)[0])
+    return transformer(weights, tokens, rotations, config)[0]
 
 
 # ------------------------------------------------------------------ generation
 
-
-def last_position_logits(weights, tokens, rotations, cache, start, config):
-    hidden, cache = transformer(weights, tokens, rotations, config, cache, start)
-    return output_logits(weights, hidden[:, -1]), cache
-
-
 def generate(weights: dict, config: dict, tokens: list, max_new_tokens: int, stop_tokens=()):
-    """Greedy decoding with a fixed-size key/value cache: one jitted prefill, then one jitted step per new token.
+    """Greedy decoding with a fixed-size key/value cache: one jitted step reads the prompt, then each new token.
     Returns the new token ids (ending at the first stop token) and every step's float32 logits [steps, vocab]."""
-    n_positions = len(tokens) + max_new_tokens
-    dtype = weights["tok_embeddings.weight"].dtype
-    cache_shape = (config["n_layers"], 1, n_positions, config["n_kv_heads"], config["head_dim"])
-    cache = (jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
-    rotations = rope_rotations(config, n_positions)
-    step = jax.jit(partial(last_position_logits, config=config), donate_argnames="cache")  # prefill and decode
-    logits, cache = step(weights, jnp.asarray([tokens]), rotations, cache, 0)
-    new_tokens, step_logits = [], [logits[0]]
+    cache_shape = (config["n_layers"], 1, len(tokens) + max_new_tokens, config["n_kv_heads"], config["head_dim"])
+    cache = tuple(jnp.zeros(cache_shape, weights["tok_embeddings.weight"].dtype) for _ in "kv")
+    rotations = rope_rotations(config, len(tokens) + max_new_tokens)
+    step = jax.jit(partial(transformer, config=config), donate_argnames="cache")
+    new_tokens, step_logits, start, chunk = [], [], 0, tokens
     for _ in tqdm(range(max_new_tokens), desc="decoding", unit="token", leave=False):
+        logits, cache = step(weights, jnp.asarray([chunk]), rotations, cache=cache, start=start)
+        step_logits.append(logits[0, -1])
         new_tokens.append(int(jnp.argmax(step_logits[-1])))
-        if new_tokens[-1] in stop_tokens or len(new_tokens) == max_new_tokens:
+        if new_tokens[-1] in stop_tokens:
             break
-        logits, cache = step(weights, jnp.asarray([new_tokens[-1:]]), rotations, cache, len(tokens) + len(new_tokens) - 1)
-        step_logits.append(logits[0])
+        start, chunk = start + len(chunk), new_tokens[-1:]
     return new_tokens, np.asarray(jnp.stack(step_logits))
 
 
 def run_generate(args) -> None:
-    if args.max_new_tokens < 1:
-        raise SettingError(f"--max-new-tokens {args.max_new_tokens}: give at least 1.")
-    folder = Path(args.checkpoint)
-    config, state_dict = read_checkpoint(folder, args.rope_scale_factor)
-    tokenizer = load_tokenizer(folder / "tokenizer.model", config["vocab_size"])
+    config, state_dict = read_checkpoint(Path(args.checkpoint), args.rope_scale_factor)
+    tokenizer = load_tokenizer(Path(args.checkpoint) / "tokenizer.model", config["vocab_size"])
     tokens = prompt_tokens(tokenizer, args.prompt)
-    weights = jax_weights(state_dict, DTYPES[args.dtype])
     stops = {tokenizer.encode_single_token(name) for name in ("<|end_of_text|>", "<|eot_id|>")}
-    new_tokens, _ = generate(weights, config, tokens, args.max_new_tokens, stops)
+    new_tokens, _ = generate(jax_weights(state_dict, DTYPES[args.dtype]), config, tokens, args.max_new_tokens, stops)
     print(f"{len(tokens)} prompt tokens, {len(new_tokens)} new: {new_tokens}")
     print(args.prompt + tokenizer.decode(new_tokens))
 
 
-# ------------------------------------------------------------------ training (the settings of train_llama3_from_scratch.ipynb)
+# ------------------------------------------------------------------ training, as train_llama3_from_scratch.ipynb does
 
 TRAIN_DEFAULTS = {"steps": 3000, "seed": 1337, "dim": 192, "layers": 4, "heads": 6, "kv_heads": 2, "batch_size": 16,
                   "block_size": 64, "lr": 0.002, "eval_interval": 250, "eval_iters": 20}
@@ -305,7 +229,7 @@ def training_params(settings: dict, vocab_size: int) -> dict:
 
 def initial_weights(config: dict, seed: int) -> dict:
     """normal(0, 0.02) for every matrix and the embedding, ones for the norm gains (as the notebook does)."""
-    shapes = expected_shapes(config)
+    shapes = checkpoint_shapes(config)
     keys = jax.random.split(jax.random.key(seed), len(shapes))
     return {name: jnp.ones(shape) if len(shape) == 1 else INIT_STD * jax.random.normal(key, shape)
             for key, (name, shape) in zip(keys, shapes.items())}
@@ -313,8 +237,7 @@ def initial_weights(config: dict, seed: int) -> dict:
 
 def loss_fn(weights: dict, inputs, targets, rotations, config: dict):
     """Mean next-token cross-entropy of the float32 logits, as F.cross_entropy computes it."""
-    logits = forward(weights, inputs, rotations, config)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(forward(weights, inputs, rotations, config), targets).mean()
 
 
 def make_optimizer(peak_lr: float, steps: int):
@@ -331,104 +254,66 @@ def make_optimizer(peak_lr: float, steps: int):
 def make_train_step(config: dict, optimizer, devices):
     """One jitted step over a 1-D mesh of devices: the batch split along it, weights and optimizer state replicated."""
     mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+    replicated, split = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))
+                         for axes in [(), ("batch",)])
 
     def step(weights, optimizer_state, inputs, targets, rotations):
         loss, grads = jax.value_and_grad(loss_fn)(weights, inputs, targets, rotations, config)
         updates, optimizer_state = optimizer.update(grads, optimizer_state, weights)
         return optax.apply_updates(weights, updates), optimizer_state, loss
 
-    jitted = jax.jit(step, in_shardings=(replicated, replicated, split, split, replicated),
-                     out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
-    return jitted, replicated
-
-
-def batches(ids: np.ndarray, batch_size: int, block_size: int, bos_id: int, rng: np.random.Generator):
-    """(inputs, targets) of random windows: targets = block_size ids, inputs = <|begin_of_text|> + targets[:-1]."""
-    while True:
-        starts = rng.integers(0, len(ids) - block_size, batch_size)
-        targets = np.stack([ids[start:start + block_size] for start in starts])
-        yield np.concatenate([np.full((batch_size, 1), bos_id), targets[:, :-1]], axis=1).astype(np.int32), targets.astype(np.int32)
-
-
-def check_out_folder(out: Path) -> None:
-    source = out / "source.json"
-    ours = source.is_file() and json.loads(source.read_text()).get("trainer") == "llama3_jax.py"
-    if out.exists() and any(out.iterdir()) and not ours:
-        raise SettingError(f"--out {out} already holds files that llama3_jax.py did not write (no source.json with "
-                           "\"trainer\": \"llama3_jax.py\"): it may be a downloaded or notebook-trained checkpoint. "
-                           "Choose a new folder, e.g. --out checkpoints/tiny-shakespeare-jax-2, or move those files away.")
-
-
-def save_checkpoint(out: Path, weights: dict, params: dict, tokenizer_file: Path, source: dict) -> None:
-    """Meta's layout: params.json, consolidated.00.pth (bf16, Meta's names), tokenizer.model, source.json (last)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    (out / "tokenizer.model").write_bytes(tokenizer_file.read_bytes())
-    torch.save({name: torch.from_numpy(np.array(value, np.float32)).to(torch.bfloat16) for name, value in weights.items()},
-               out / "consolidated.00.pth")
-    (out / "source.json").write_text(json.dumps({"kind": "trained", "model": "tiny-shakespeare", "trainer": "llama3_jax.py",
-                                                  **source}, indent=2) + "\n")
-
-
-def check_train_settings(args) -> None:
-    problems = [f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1"
-                for name in ("steps", "dim", "layers", "heads", "kv_heads", "batch_size", "block_size", "eval_interval",
-                             "eval_iters") if getattr(args, name) < 1]
-    if args.dim % args.heads or args.heads % args.kv_heads:
-        problems.append(f"--dim {args.dim} must split evenly into --heads {args.heads}, and those into --kv-heads {args.kv_heads}")
-    if args.batch_size % jax.device_count():
-        problems.append(f"--batch-size {args.batch_size} must split evenly over the {jax.device_count()} devices JAX sees")
-    if not args.lr > 0:
-        problems.append(f"--lr {args.lr} must be positive")
-    for path, what in [(args.data, "--data"), (args.tokenizer, "--tokenizer")]:
-        if not Path(path).is_file():
-            problems.append(f"{what} {path} does not exist (the tokenizer comes from a run of train_llama3_from_scratch.ipynb)")
-    if problems:
-        raise SettingError("Cannot train: " + "; ".join(problems) + ".")
-    check_out_folder(Path(args.out))
+    return jax.jit(step, in_shardings=(replicated, replicated, split, split, replicated),
+                   out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1)), replicated
 
 
 def train(args, time_budget: float = None) -> list:
-    """Train from scratch; evaluate every eval_interval steps and at the end (saving then). Returns
-    [(step, training seconds, train loss, val loss)]. time_budget (seconds of training) may end it early."""
-    check_train_settings(args)
-    text = Path(args.data).read_text()
-    split_at = int(TRAIN_FRACTION * len(text))
-    ranks = sum(1 for _ in Path(args.tokenizer).read_text().splitlines())
-    tokenizer = load_tokenizer(Path(args.tokenizer), ranks + N_SPECIAL_TOKENS)
-    ids = {"train": np.array(tokenizer.encode(text[:split_at], disallowed_special=())),
-           "val": np.array(tokenizer.encode(text[split_at:], disallowed_special=()))}
-    bos_id = tokenizer.encode_single_token("<|begin_of_text|>")
+    """Train from scratch, evaluating and saving every eval_interval steps, at the end and once time_budget seconds
+    of training are spent. Returns [(step, training seconds, train loss, val loss)] of each evaluation."""
+    out, tokenizer_file, text = Path(args.out), Path(args.tokenizer), Path(args.data).read_text()
+    check_output_folder(out, lambda source: source.get("trainer") == "llama3_jax.py",
+                        "a checkpoint trained by llama3_jax.py")
+    tokenizer = load_tokenizer(tokenizer_file, len(tokenizer_file.read_text().splitlines()) + N_SPECIAL_TOKENS)
+    split_at, bos_id = int(TRAIN_FRACTION * len(text)), tokenizer.encode_single_token("<|begin_of_text|>")
+    ids = {split: np.array(tokenizer.encode(part, disallowed_special=()))
+           for split, part in [("train", text[:split_at]), ("val", text[split_at:])]}
+
+    def batch(split, rng):  # (inputs, targets) at random places: inputs are <|begin_of_text|> + targets[:-1]
+        targets = np.stack([ids[split][start:start + args.block_size] for start in
+                            rng.integers(0, len(ids[split]) - args.block_size, args.batch_size)]).astype(np.int32)
+        return np.concatenate([np.full((args.batch_size, 1), bos_id, np.int32), targets[:, :-1]], axis=1), targets
+
+    def mean_loss(split):  # over eval_iters batches, the same ones at every evaluation
+        rng = np.random.default_rng(args.seed + 1)
+        return np.mean([float(evaluate(weights, *batch(split, rng), rotations)) for _ in range(args.eval_iters)])
+
     params = training_params(vars(args), tokenizer.n_vocab)
-    config = model_config(params)
-    rotations = rope_rotations(config, args.block_size)
-    optimizer = make_optimizer(args.lr, args.steps)
+    config, optimizer = model_config(params), make_optimizer(args.lr, args.steps)
+    rotations, evaluate = rope_rotations(config, args.block_size), jax.jit(partial(loss_fn, config=config))
     train_step, replicated = make_train_step(config, optimizer, jax.devices())
     weights = jax.device_put(initial_weights(config, args.seed), replicated)
     optimizer_state = jax.device_put(optimizer.init(weights), replicated)
-    evaluate = jax.jit(partial(loss_fn, config=config))
-    train_batches = batches(ids["train"], args.batch_size, args.block_size, bos_id, np.random.default_rng(args.seed))
-    history, seconds = [], 0.0
-    progress = tqdm(range(args.steps), desc="training", unit="step")
-    for step in progress:
+    rng, history, seconds = np.random.default_rng(args.seed), [], 0.0
+    for step in (progress := tqdm(range(1, args.steps + 1), desc="training", unit="step")):
         started = time.perf_counter()
-        weights, optimizer_state, loss = train_step(weights, optimizer_state, *next(train_batches), rotations)
+        weights, optimizer_state, loss = train_step(weights, optimizer_state, *batch("train", rng), rotations)
         loss = float(loss)  # waits for the step
         seconds += time.perf_counter() - started
         progress.set_postfix(loss=f"{loss:.3f}")
         out_of_time = time_budget is not None and seconds >= time_budget
-        if (step + 1) % args.eval_interval == 0 or step + 1 == args.steps or out_of_time:
-            losses = {split: np.mean([float(evaluate(weights, *batch, rotations)) for batch, _ in zip(
-                batches(ids[split], args.batch_size, args.block_size, bos_id, np.random.default_rng(args.seed + 1)),
-                range(args.eval_iters))]) for split in ids}
-            history.append((step + 1, seconds, losses["train"], losses["val"]))
-            per_character = losses["val"] * len(ids["val"]) / (len(text) - split_at)
-            save_checkpoint(Path(args.out), weights, params, Path(args.tokenizer),
-                            {"step": step + 1, "steps": args.steps, "losses": {**losses, "val_nats_per_character": per_character},
-                             "train_seconds": round(seconds, 1), "devices": jax.device_count()})
-            progress.write(f"step {step + 1}: train {losses['train']:.3f}, val {losses['val']:.3f} nats/token "
-                           f"({per_character:.3f} per character), {seconds:.0f} s")
+        if step % args.eval_interval == 0 or step == args.steps or out_of_time:
+            losses = {split: mean_loss(split) for split in ids}
+            history.append((step, seconds, losses["train"], losses["val"]))
+            losses["val_nats_per_character"] = losses["val"] * len(ids["val"]) / (len(text) - split_at)
+            source = {"kind": "trained", "model": "tiny-shakespeare", "trainer": "llama3_jax.py", "step": step,
+                      "steps": args.steps, "losses": losses, "train_seconds": round(seconds, 1),
+                      "devices": jax.device_count()}
+            with staged_build(out, source) as staging:  # Meta's layout; checkpoint_folder.py writes source.json last
+                (staging / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+                (staging / "tokenizer.model").write_bytes(tokenizer_file.read_bytes())
+                torch.save({name: torch.from_numpy(np.array(value, np.float32)).bfloat16()
+                            for name, value in weights.items()}, staging / "consolidated.00.pth")
+            progress.write(f"step {step}: train {losses['train']:.3f}, val {losses['val']:.3f} nats/token "
+                           f"({losses['val_nats_per_character']:.3f} per character), {seconds:.0f} s")
         if out_of_time:
             break
     return history
@@ -436,33 +321,48 @@ def train(args, time_budget: float = None) -> list:
 
 # ------------------------------------------------------------------ command line
 
-
 def parse_args(argv=None):
+    """The command line, checked: CheckpointError names every bad setting at once, before any work."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="continue a prompt greedily with a Meta-layout checkpoint")
-    gen.add_argument("--checkpoint", required=True, help="folder with params.json, tokenizer.model, consolidated.00.pth")
+    gen.add_argument("--checkpoint", required=True, help="folder of params.json, tokenizer.model, consolidated.00.pth")
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=20)
-    gen.add_argument("--dtype", choices=list(DTYPES), default="bfloat16",
-                     help="bfloat16 computes as Meta's code does; float32 converts every weight first")
+    gen.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="bfloat16 computes as Meta's code does")
     gen.add_argument("--rope-scale-factor", type=float, default=os.environ.get("LLAMA3_ROPE_SCALE_FACTOR") or None,
                      help="Llama 3.1: 8, 3.2: 32; by default from source.json's model or the folder's name")
     tr = commands.add_parser("train", help="train the training notebook's small Llama 3 on Tiny Shakespeare")
-    tr.add_argument("--out", default="checkpoints/tiny-shakespeare-jax", help="where the checkpoint goes (Meta's layout)")
+    tr.add_argument("--out", default="checkpoints/tiny-shakespeare-jax", help="the checkpoint's folder")
     tr.add_argument("--data", default="data/tinyshakespeare.txt")
     tr.add_argument("--tokenizer", default="checkpoints/tiny-shakespeare/tokenizer.model",
-                    help="the training notebook's tokenizer.model (written by train_llama3_from_scratch.ipynb)")
+                    help="the tokenizer.model that train_llama3_from_scratch.ipynb writes")
     for name, value in TRAIN_DEFAULTS.items():
         tr.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problems = [f"--{name.replace('_', '-')} {value} must be {'at least 1' if type(value) is int else 'positive'}"
+                for name, value in vars(args).items()  # every number but the seed
+                if type(value) in (int, float) and name != "seed" and not 0 < value < np.inf]
+    if args.command == "train":
+        if min(args.heads, args.kv_heads) > 0 and (args.dim % args.heads or args.heads % args.kv_heads):
+            problems.append(f"--dim {args.dim} must split evenly into --heads {args.heads}, and those into "
+                            f"--kv-heads {args.kv_heads}")
+        if args.batch_size % jax.device_count():
+            problems.append(f"--batch-size {args.batch_size} must split evenly over the {jax.device_count()} "
+                            "devices JAX sees")
+        problems += [f"{flag} {path} does not exist (the tokenizer comes from a run of train_llama3_from_scratch.ipynb)"
+                     for flag, path in [("--data", args.data), ("--tokenizer", args.tokenizer)]
+                     if not Path(path).is_file()]
+    if problems:
+        raise CheckpointError(f"Cannot {args.command}: " + "; ".join(problems) + ".")
+    return args
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
     try:
-        run_generate(args) if args.command == "generate" else train(args)
-    except SettingError as error:
+        args = parse_args(argv)
+        (run_generate if args.command == "generate" else train)(args)
+    except CheckpointError as error:  # a setting or a file the user can fix: the message says how
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -101,8 +101,12 @@ def test_llama32_tied_with_factor_32_equals_meta_on_a_thousand_tokens(llama32_ti
     assert len(meta_prompt_ids(llama32_tied, LONG_PROMPT)) > 1000
     ours = jax_last_logits(llama32_tied, LONG_PROMPT, "float32")  # factor 32 from source.json's model
     reference = meta_last_logits(llama32_tied, LONG_PROMPT, torch.float32, 32)
-    tolerance = rounding_tolerance(reference, meta_last_logits(llama32_tied, LONG_PROMPT, torch.float64, 32), torch.float32)
-    assert (ours - reference).abs().max() <= tolerance
+    exact = meta_last_logits(llama32_tied, LONG_PROMPT, torch.float64, 32)
+    tolerance = rounding_tolerance(reference, exact, torch.float32)
+    # Over a thousand positions both sides' float32 rounding grows, and comparing one with the other adds the
+    # two errors: so each is held to the float64 answer, ours within twice Meta's own error (plus one ulp).
+    assert (ours - exact).abs().max() <= tolerance
+    assert int(ours.argmax()) == int(reference.argmax())
     # the factor matters here: Meta's unmodified 8 is far away, and so is ours told to use 8
     assert (meta_last_logits(llama32_tied, LONG_PROMPT, torch.float32) - reference).abs().max() > 100 * tolerance
     assert (jax_last_logits(llama32_tied, LONG_PROMPT, "float32", 8.0) - reference).abs().max() > 100 * tolerance
@@ -150,7 +154,7 @@ def test_bad_training_settings_and_a_foreign_out_folder_are_refused(tmp_path, ll
                        "--out", str(tmp_path / "out")], capsys)
     assert "--steps 0 must be at least 1" in message and "--kv-heads 4" in message and "does not exist" in message
     message = refused(["train", "--tokenizer", str(llama32_tied / "tokenizer.model"), "--out", str(llama32_tied)], capsys)
-    assert "did not write" in message
+    assert "not a checkpoint trained by llama3_jax.py" in message and "left untouched" in message
     assert (llama32_tied / "consolidated.00.pth").is_file()
 
 
