@@ -293,12 +293,12 @@ def train(args, time_budget: float = None) -> list:
     weights = jax.device_put(initial_weights(config, args.seed), replicated)
     optimizer_state = jax.device_put(optimizer.init(weights), replicated)
     rng, history, seconds = np.random.default_rng(args.seed), [], 0.0
-    for step in (progress := tqdm(range(1, args.steps + 1), desc="training", unit="step")):
+    for step in (progress := tqdm(range(1, args.steps + 1), desc="training", unit="step", mininterval=1)):
         started = time.perf_counter()
         weights, optimizer_state, loss = train_step(weights, optimizer_state, *batch("train", rng), rotations)
         loss = float(loss)  # waits for the step
         seconds += time.perf_counter() - started
-        progress.set_postfix(loss=f"{loss:.3f}")
+        progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
         out_of_time = time_budget is not None and seconds >= time_budget
         if step % args.eval_interval == 0 or step == args.steps or out_of_time:
             losses = {split: mean_loss(split) for split in ids}

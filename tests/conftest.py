@@ -45,6 +45,14 @@ def pytest_collection_finish(session):
         os.environ["LLAMA3_TRAIN_OUT"] = str(session.config.training_scratch / "tiny-shakespeare")
 
 
+def pytest_collection_modifyitems(items):
+    """nbval waits a fixed 5 s for a cell's last outputs once the cell has run (nbval issues 136, 231); after the
+    training cell's minutes of output a busy CI machine can take longer to deliver them. Give it a minute."""
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = 60
+
+
 def pytest_unconfigure(config):
     """Remove the scratch folder made above (only that one: it is this run's own)."""
     scratch = getattr(config, "training_scratch", None)
