@@ -25,10 +25,10 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from benchmark import GiB, REPO, MemorySampler, gib  # noqa: E402  (also puts tests/ on the path)
 from checkpoints import write_checkpoint  # noqa: E402
+from meta_layout import META_LLAMA3_8B_PARAMS_JSON  # noqa: E402
 from notebook_runner import run_notebook  # noqa: E402
 
-META_LLAMA3_8B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
-                  "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}
+META_LLAMA3_8B = json.loads(META_LLAMA3_8B_PARAMS_JSON)
 
 
 def long_prompt_checkpoint(n_layers: int) -> Path:
