@@ -234,16 +234,34 @@ def warm_page_cache(path: Path) -> float:
 # ---------------------------------------------------------------- the runs
 
 
-def describe_machine(device: torch.device) -> dict:
-    cpu_model = platform.processor()
+def cpu_info_line(*keys: str) -> str:
+    """The value of the first /proc/cpuinfo line that starts with one of keys (Linux), or ""."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+            if line.startswith(keys):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    machine = {"platform": platform.platform(), "cpu": cpu_model, "cores": os.cpu_count(),
+    return ""
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags, as the kernel names them (empty where /proc/cpuinfo is not there)."""
+    return set(cpu_info_line("flags", "Features").split())
+
+
+def cpu_flags_that_matter() -> str:
+    """Which of the instruction sets that decide bf16 speed, and which kernels run, this CPU has."""
+    flags = cpu_flags()
+    if not flags:
+        return "flags unknown"
+    shown = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512-BF16", "amx_bf16": "AMX"}
+    return ", ".join(name for flag, name in shown.items() if flag in flags) or "none of AVX2, AVX-512, AMX"
+
+
+def describe_machine(device: torch.device) -> dict:
+    cpu_model = cpu_info_line("model name") or platform.processor()
+    machine = {"platform": platform.platform(), "cpu": cpu_model, "cpu_flags": cpu_flags_that_matter(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     try:
         machine["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -422,7 +440,7 @@ def main(argv=None) -> int:
 
     machine = report["machine"]
     gpu = f", {machine['gpu']}" if "gpu" in machine else ""
-    print(f"\n{started:%Y-%m-%d}, {machine['cpu']} ({machine['cores']} cores), "
+    print(f"\n{started:%Y-%m-%d}, {machine['cpu']} ({machine['cores']} cores; {machine['cpu_flags']}), "
           f"{machine.get('memory_bytes', 0) / GiB:.0f} GiB RAM{gpu}, torch {machine['torch']}\n")
     print(markdown_table(rows))
     busiest = max(row["other_processes_cores"] for row in rows)

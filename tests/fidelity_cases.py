@@ -10,7 +10,7 @@ test session and shared by every test that needs it; so are the reference's logi
 """
 
 import functools
-import math
+import json
 from pathlib import Path
 
 import torch
@@ -58,6 +58,11 @@ PROMPTS = {
 RUN_SETTINGS = {"max_new_tokens": 1}
 
 
+def logit_terms(folder: Path) -> int:
+    """How many products are summed into one logit: the model's width (for the rounding floor)."""
+    return json.loads((Path(folder) / "params.json").read_text())["dim"]
+
+
 def checkpoint_folder(tmp_path_factory, name: str) -> Path:
     """The checkpoint called name, written once per test session under pytest's temporary folder."""
     params, seed = CHECKPOINTS[name]
@@ -96,21 +101,8 @@ def meta_prompt_tokens(folder: Path, prompt_name: str) -> torch.Tensor:
 
 @functools.cache
 def reference_last_logits(folder: Path, prompt_name: str, dtype: torch.dtype = None) -> torch.Tensor:
-    """Meta's Transformer's float32 logits at the last position of Meta's prompt ids; dtype None is the
-    checkpoint's own bf16, torch.float32 or torch.float64 convert the weights first."""
+    """Meta's Transformer's logits at the last position of Meta's prompt ids; dtype None is the checkpoint's
+    own bf16 (float32 logits), torch.float32 or torch.float64 convert the weights first (logits in that dtype)."""
     tokens = meta_prompt_tokens(folder, prompt_name)
     model = load_reference(folder, max_seq_len=len(tokens), dtype=dtype)
-    return reference_logits(model, tokens)[-1].float()
-
-
-def ulp(value: float, dtype: torch.dtype) -> float:
-    """Spacing of dtype's numbers at |value|: one unit in the last place."""
-    return torch.finfo(dtype).eps * 2.0 ** math.floor(math.log2(abs(value)))
-
-
-def rounding_tolerance(reference: torch.Tensor, wider: torch.Tensor, dtype: torch.dtype) -> float:
-    """How far a faithful computation in dtype may be from the reference (test_fidelity.py derives it): twice the
-    reference's own rounding error, measured against the reference in a wider dtype, plus one unit in the last
-    place of the largest logit. For the logits of several steps, the rounding error is the largest of them."""
-    rounding_error = (reference.float() - wider.float()).abs().max().item()
-    return 2 * rounding_error + ulp(wider.abs().max().item(), dtype)
+    return reference_logits(model, tokens)[-1]

@@ -5,12 +5,15 @@ group of size 1 rendezvousing through a file, so that nothing touches the networ
 checkpoint's own mmap'ed bf16 tensors (`load_state_dict(assign=True)`): no copy, no float32.
 """
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
 from unittest import mock
 
 import torch
+
+from rounding import float_means_double
 
 _rendezvous_folder = None  # removed when the process exits
 
@@ -50,7 +53,9 @@ def load_reference(checkpoint_dir: Path, max_seq_len: int, rope_scale_factor: fl
     rope_scale_factor replaces the factor of 8 that Meta's code hard-codes for `use_scaled_rope`
     (right for Llama 3.1, wrong for 3.2, whose published configuration says 32).
     dtype (torch.float32, say) converts every weight first, so that the whole model computes in that dtype;
-    the checkpoint's own tensors are used as they are when it is None.
+    the checkpoint's own tensors are used as they are when it is None. In float64 the RoPE table and every
+    step are float64 (rounding.float_means_double: Meta's .float() upcasts, meant for bf16, would round to
+    float32), so that the float64 model is the truth the tests hold float32 computations to.
     """
     from llama_models.llama3 import model as meta_model
     from llama_models.llama3.args import ModelArgs
@@ -71,15 +76,22 @@ def load_reference(checkpoint_dir: Path, max_seq_len: int, rope_scale_factor: fl
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.eval()
 
-    if args.use_scaled_rope and rope_scale_factor is not None:
-        with mock.patch.object(meta_model, "apply_scaling", scaled_frequencies_with_factor(rope_scale_factor)):
+    rescaled = args.use_scaled_rope and rope_scale_factor is not None
+    if rescaled or dtype == torch.float64:
+        factor = (mock.patch.object(meta_model, "apply_scaling", scaled_frequencies_with_factor(rope_scale_factor))
+                  if rescaled else contextlib.nullcontext())
+        wide = float_means_double() if dtype == torch.float64 else contextlib.nullcontext()
+        with factor, wide:
             model.freqs_cis = meta_model.precompute_freqs_cis(args.dim // args.n_heads, args.max_seq_len * 2,
-                                                              args.rope_theta, use_scaled=True)
+                                                              args.rope_theta, use_scaled=args.use_scaled_rope)
+    if dtype == torch.float64:
+        model.forward = float_means_double()(model.forward)  # its .float() upcasts would round to float32
     return model
 
 
 def reference_logits(model, tokens: torch.Tensor) -> torch.Tensor:
-    """float32 logits of every position, [n_tokens, vocab_size], in one forward pass from position 0."""
+    """Logits of every position, [n_tokens, vocab_size], in one forward pass from position 0 (float32, or
+    float64 for a float64 model)."""
     return model(tokens.view(1, -1), 0)[0]
 
 
@@ -124,12 +136,13 @@ def reference_sampled_tokens(step_logits: torch.Tensor, temperature: float, top_
 
 def reference_decoding(model, tokens: torch.Tensor, n_new_tokens: int, fed_tokens: list = None):
     """Meta's incremental decoding as in reference_greedy_generation, returning the tokens and every step's
-    float32 logits [n_new_tokens, vocab_size]. With fed_tokens, step i feeds fed_tokens[i] instead of its own
-    argmax (the tokens another run chose), so that two runs can be compared step by step."""
+    logits [n_new_tokens, vocab_size]. With fed_tokens, step i feeds fed_tokens[i] instead of its own
+    argmax (the tokens another run chose), so that two runs can be compared step by step. The logits are
+    float32, or float64 for a float64 model."""
     logits = model(tokens.view(1, -1), 0)[0, -1]
     generated, step_logits = [], []
     for step in range(n_new_tokens):
-        step_logits.append(logits.float())
+        step_logits.append(logits)
         token = int(logits.argmax()) if fed_tokens is None else int(fed_tokens[step])
         generated.append(token)
         if step + 1 < n_new_tokens:

@@ -23,8 +23,10 @@ the notebook, the same weights converted to float32 for the reference), where ev
 the rounding error by orders of magnitude (asserted). In bf16, Meta's own precision, random weights give
 near-ties that rounding may flip: there every step's logits are compared within bf16's rounding error, on the
 notebook's own tokens, and a step's token only where its choice is clear of that error; these checkpoints keep
-wq and wk as drawn, so that bf16's error stays small. Tolerances follow test_fidelity.py: twice the distance
-between the reference in the dtype and in the next wider one, plus one unit in the last place of the largest logit.
+wq and wk as drawn, so that bf16's error stays small. Tolerances follow tests/rounding.py: every computation is
+held to the truth, Meta's model in the next wider dtype (float64 for float32) on the same tokens, within SAFETY
+times Meta's own distance from it (never less than the rounding floor); a choice is clear where the truth's
+best logit leads the second by more than two tolerances, so that no faithful computation can choose otherwise.
 """
 
 import json
@@ -38,10 +40,11 @@ import torch
 from nbclient.exceptions import CellExecutionError
 
 from checkpoints import distinct_state_dict, small_params, write_checkpoint
-from fidelity_cases import rounding_tolerance
+from fidelity_cases import logit_terms
 from notebook_runner import run_notebook
 from reference import (load_reference, project_last_position_only, reference_decoding, reference_greedy_generation,
                        reference_sampled_tokens)
+from rounding import assert_within_rounding, largest_difference, rounding_tolerance
 
 NEW_TOKENS = 24
 # about a thousand tokens: positions far enough apart for the scaled slow pairs of RoPE to turn
@@ -173,10 +176,6 @@ def generation_runs(request):
 # ------------------------------------------------------------------ helpers
 
 
-def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
-
-
 def reference_model(folder: Path, n_positions: int, factor, dtype: torch.dtype):
     """Meta's Transformer on folder computing in dtype (bf16: the checkpoint's own tensors), projecting only the
     last position onto the vocabulary (the only one compared)."""
@@ -186,22 +185,22 @@ def reference_model(folder: Path, n_positions: int, factor, dtype: torch.dtype):
 
 def margins(logits: torch.Tensor) -> torch.Tensor:
     """Per row: how far the most likely token is ahead of the second."""
-    top2 = logits.float().topk(2, dim=-1).values
+    top2 = logits.double().topk(2, dim=-1).values
     return top2[..., 0] - top2[..., 1]
 
 
 def decoding_comparison(folder: Path, run: dict, factor, dtype: torch.dtype) -> dict:
     """Meta's incremental decoding after the notebook's prompt: free (its own greedy tokens) in dtype, and fed
-    with the notebook's tokens in dtype and in the wider dtype (for the tolerance)."""
+    with the notebook's tokens in dtype and in the wider dtype (the truth)."""
     tokens, generated = run["tokens"], run["generated_tokens"]
     n_positions = len(tokens) + NEW_TOKENS
     model = reference_model(folder, n_positions, factor, dtype)
     free_tokens, free_logits = reference_decoding(model, tokens, NEW_TOKENS)
     _, fed_logits = reference_decoding(model, tokens, len(generated), fed_tokens=generated)
-    _, wider_logits = reference_decoding(reference_model(folder, n_positions, factor, WIDER[dtype]), tokens,
-                                         len(generated), fed_tokens=generated)
-    return {"free_tokens": free_tokens, "free_logits": free_logits, "fed_logits": fed_logits,
-            "tolerance": rounding_tolerance(fed_logits, wider_logits, dtype)}
+    _, truth = reference_decoding(reference_model(folder, n_positions, factor, WIDER[dtype]), tokens,
+                                  len(generated), fed_tokens=generated)
+    return {"free_tokens": free_tokens, "free_logits": free_logits, "fed_logits": fed_logits, "truth": truth,
+            "tolerance": rounding_tolerance(fed_logits, truth, dtype, logit_terms(folder))}
 
 
 @pytest.fixture(scope="session")
@@ -218,16 +217,16 @@ def decoding(request, generation_runs):
 
 
 def single_prediction_comparison(folder: Path, run: dict, factor) -> dict:
-    """Meta's float32 logits at the last prompt position, with the factor given and with Meta's own 8."""
+    """Meta's logits at the last prompt position in float32 and in float64 (the truth) with the factor given,
+    and in float64 with Meta's own 8 (meta_unmodified_truth)."""
+    runs = {"reference": (torch.float32, factor), "truth": (torch.float64, factor)}
+    if factor is not None:
+        runs["meta_unmodified_truth"] = (torch.float64, None)
     tokens = run["tokens"]
-    last = {}
-    for name, dtype, scale in [("reference", torch.float32, factor), ("wider", torch.float64, factor),
-                               ("meta_unmodified", torch.float32, None)]:
-        if name == "meta_unmodified" and factor is None:
-            last[name] = last["reference"]
-        else:
-            last[name] = reference_model(folder, len(tokens), scale, dtype)(tokens.view(1, -1), 0)[0, -1].float()
-    last["tolerance"] = rounding_tolerance(last["reference"], last["wider"], torch.float32)
+    last = {name: reference_model(folder, len(tokens), scale, dtype)(tokens.view(1, -1), 0)[0, -1]
+            for name, (dtype, scale) in runs.items()}
+    last.setdefault("meta_unmodified_truth", last["truth"])
+    last["tolerance"] = rounding_tolerance(last["reference"], last["truth"], torch.float32, logit_terms(folder))
     return last
 
 
@@ -248,25 +247,23 @@ def test_scale_factor_comes_from_the_model_or_the_setting(llama32_tied_run, llam
 
 
 def test_llama32_tied_prediction_matches_meta_with_factor_32(llama32_tied_run, llama32_tied_reference):
-    reference = llama32_tied_reference["reference"]
-    assert largest_difference(llama32_tied_run["logits"], reference) <= llama32_tied_reference["tolerance"]
-    assert margins(reference).item() > 2 * llama32_tied_reference["tolerance"]  # the prediction is clear
-    assert llama32_tied_run["next_token"] == int(reference.argmax())
+    truth, tolerance = llama32_tied_reference["truth"], llama32_tied_reference["tolerance"]
+    assert_within_rounding(llama32_tied_run["logits"], truth, tolerance, "notebook float32 - Meta float64, factor 32")
+    assert margins(truth).item() > 2 * tolerance  # the prediction is clear
+    assert llama32_tied_run["next_token"] == int(truth.argmax()) == int(llama32_tied_reference["reference"].argmax())
 
 
 def test_the_scale_factor_changes_the_logits_far_beyond_the_tolerance(llama32_tied_run, llama32_tied_factor8_run,
                                                                       llama32_tied_reference):
     """The wrong factor (Meta's 8, for a 3.2 checkpoint) must be caught by the comparisons above."""
     limit = llama32_tied_reference["tolerance"]
-    meta_unmodified, reference = llama32_tied_reference["meta_unmodified"], llama32_tied_reference["reference"]
-    print(f"tolerance {limit:.3g}; factor 32: notebook - reference "
-          f"{largest_difference(llama32_tied_run['logits'], reference):.3g}; notebook with 8 - reference with 32: "
-          f"{largest_difference(llama32_tied_factor8_run['logits'], reference):.3g} "
-          f"(largest logit {reference.abs().max():.3g})")
+    meta_unmodified, truth = llama32_tied_reference["meta_unmodified_truth"], llama32_tied_reference["truth"]
+    print(f"tolerance {limit:.3g}; notebook with 8 - truth with 32: "
+          f"{largest_difference(llama32_tied_factor8_run['logits'], truth):.3g} (largest logit {truth.abs().max():.3g})")
     # the notebook told to use 8 computes what Meta's unmodified code computes...
-    assert largest_difference(llama32_tied_factor8_run["logits"], meta_unmodified) <= limit
+    assert_within_rounding(llama32_tied_factor8_run["logits"], meta_unmodified, limit, "notebook factor 8 - Meta float64")
     # ...which is far from Llama 3.2's factor 32, for the notebook and for the reference alike
-    assert largest_difference(llama32_tied_factor8_run["logits"], reference) > 100 * limit
+    assert largest_difference(llama32_tied_factor8_run["logits"], truth) > 100 * limit
     assert largest_difference(llama32_tied_run["logits"], meta_unmodified) > 100 * limit
 
 
@@ -274,8 +271,8 @@ def test_absent_output_weight_gives_the_tied_result(llama32_absent_run, llama32_
     """No output.weight (the embedding serves) and an output.weight sharing the embedding's storage are the same model."""
     assert torch.equal(llama32_absent_run["tokens"], llama32_tied_run["tokens"])
     assert torch.equal(llama32_absent_run["logits"], llama32_tied_run["logits"])
-    reference = llama32_tied_reference["reference"]
-    assert largest_difference(llama32_absent_run["logits"], reference) <= llama32_tied_reference["tolerance"]
+    assert_within_rounding(llama32_absent_run["logits"], llama32_tied_reference["truth"],
+                           llama32_tied_reference["tolerance"], "notebook without output.weight - Meta float64")
 
 
 def test_llama32_without_a_model_name_stops_and_asks_for_the_factor(llama32_unnamed):
@@ -331,9 +328,10 @@ def test_single_prediction_matches_meta(case, request, generation_runs):
     """The 3.1 checkpoint against Meta's code as it is; the 3.2 one against Meta's code with the factor 32."""
     fixture, factor, _ = GENERATION_CASES[case]
     run = generation_runs(case)
-    reference = single_prediction_comparison(request.getfixturevalue(fixture), run, factor)
-    assert largest_difference(run["logits"], reference["reference"]) <= reference["tolerance"]
-    assert run["next_token"] == int(reference["reference"].argmax())
+    meta = single_prediction_comparison(request.getfixturevalue(fixture), run, factor)
+    assert_within_rounding(run["logits"], meta["truth"], meta["tolerance"], f"{case}: notebook - Meta float64")
+    assert margins(meta["truth"]).item() > 2 * meta["tolerance"]  # the prediction is clear
+    assert run["next_token"] == int(meta["truth"].argmax()) == int(meta["reference"].argmax())
 
 
 # ------------------------------------------------------------------ generation with the KV cache
@@ -342,28 +340,27 @@ def test_single_prediction_matches_meta(case, request, generation_runs):
 @pytest.mark.parametrize("case", FLOAT32_CASES)
 def test_greedy_generation_equals_metas_incremental_decoding(case, generation_runs, decoding):
     run, meta = generation_runs(case), decoding(case)
-    print(f"{case}: tolerance {meta['tolerance']:.3g}, largest |notebook - Meta| over {NEW_TOKENS} steps "
-          f"{largest_difference(run['generated_logits'], meta['fed_logits']):.3g}, smallest margin of Meta's choices "
-          f"{margins(meta['free_logits']).min():.3g}")
-    # every step of Meta's own decoding is decided by far more than the rounding error: float32 cannot flip it
-    assert (margins(meta["free_logits"]) > 2 * meta["tolerance"]).all()
-    assert run["generated_tokens"] == meta["free_tokens"]
+    print(f"{case}: smallest margin of the true choices {margins(meta['truth']).min():.3g}")
+    assert_within_rounding(run["generated_logits"], meta["truth"], meta["tolerance"],
+                           f"{case}: notebook's {NEW_TOKENS} steps - Meta float64")
+    # every step is decided by far more than the rounding error: no faithful float32 computation can flip it
+    assert (margins(meta["truth"]) > 2 * meta["tolerance"]).all()
+    assert run["generated_tokens"] == meta["free_tokens"] == meta["truth"].argmax(dim=-1).tolist()
     assert len(run["generated_tokens"]) == NEW_TOKENS
-    assert largest_difference(run["generated_logits"], meta["fed_logits"]) <= meta["tolerance"]
 
 
 @pytest.mark.parametrize("case", ["llama32-bfloat16", "llama31-bfloat16"])
 def test_bf16_generation_follows_metas_decoding_within_bf16_rounding(case, generation_runs, decoding):
     run, meta = generation_runs(case), decoding(case)
     assert len(run["generated_tokens"]) == NEW_TOKENS
-    assert largest_difference(run["generated_logits"], meta["fed_logits"]) <= meta["tolerance"]
-    clear = margins(meta["fed_logits"]) > 2 * meta["tolerance"]
-    print(f"{case}: tolerance {meta['tolerance']:.3g}, largest |notebook - Meta| "
-          f"{largest_difference(run['generated_logits'], meta['fed_logits']):.3g}, {int(clear.sum())} of {NEW_TOKENS} "
-          f"choices clear of it; free-running tokens equal to Meta's: {run['generated_tokens'] == meta['free_tokens']}")
+    assert_within_rounding(run["generated_logits"], meta["truth"], meta["tolerance"], f"{case}: notebook - Meta float32")
+    clear = margins(meta["truth"]) > 2 * meta["tolerance"]
+    print(f"{case}: {int(clear.sum())} of {NEW_TOKENS} choices clear of rounding; "
+          f"free-running tokens equal to Meta's: {run['generated_tokens'] == meta['free_tokens']}")
     assert clear.sum() >= MIN_CLEAR_BF16_STEPS
-    chosen_by_meta = meta["fed_logits"].argmax(dim=-1)
-    assert torch.equal(torch.tensor(run["generated_tokens"])[clear], chosen_by_meta[clear])
+    true_choice = meta["truth"].argmax(dim=-1)
+    assert torch.equal(torch.tensor(run["generated_tokens"])[clear], true_choice[clear])
+    assert torch.equal(meta["fed_logits"].argmax(dim=-1)[clear], true_choice[clear])
 
 
 @pytest.mark.parametrize("case", list(GENERATION_CASES))
@@ -371,11 +368,14 @@ def test_cached_decoding_equals_recomputing_the_whole_sequence(case, generation_
     run, meta = generation_runs(case), decoding(case)
     assert torch.equal(run["generated_logits"][0], run["logits"])  # the prefill is section 9's prediction
     assert run["recomputed_logits"].shape == run["generated_logits"].shape
-    assert largest_difference(run["generated_logits"], run["recomputed_logits"]) <= meta["tolerance"]
-    clear = margins(run["recomputed_logits"]) > 2 * meta["tolerance"]
+    # both held to the truth on the same tokens (never one to the other: that would add their errors)
+    assert_within_rounding(run["recomputed_logits"], meta["truth"], meta["tolerance"], f"{case}: recomputed - Meta's truth")
+    assert_within_rounding(run["generated_logits"], meta["truth"], meta["tolerance"], f"{case}: cached - Meta's truth")
+    clear = margins(meta["truth"]) > 2 * meta["tolerance"]
     assert clear.sum() >= (NEW_TOKENS if GENERATION_CASES[case][2] == torch.float32 else MIN_CLEAR_BF16_STEPS)
-    recomputed_choice = run["recomputed_logits"].argmax(dim=-1)
-    assert torch.equal(torch.tensor(run["generated_tokens"])[clear], recomputed_choice[clear])
+    true_choice = meta["truth"].argmax(dim=-1)
+    assert torch.equal(torch.tensor(run["generated_tokens"])[clear], true_choice[clear])
+    assert torch.equal(run["recomputed_logits"].argmax(dim=-1)[clear], true_choice[clear])
 
 
 # ------------------------------------------------------------------ chat
@@ -396,12 +396,17 @@ def test_chat_prompt_is_metas_chat_format(case, request, generation_runs):
 @pytest.mark.parametrize("case", FLOAT32_CASES)
 def test_chat_answer_is_metas_greedy_continuation(case, request, generation_runs):
     fixture, factor, dtype = GENERATION_CASES[case]
-    run = generation_runs(case)
+    folder, run = request.getfixturevalue(fixture), generation_runs(case)
     chat_tokens, answer = run["chat_tokens"], run["answer_tokens"]
-    model = reference_model(request.getfixturevalue(fixture), len(chat_tokens) + NEW_TOKENS, factor, dtype)
-    expected = reference_greedy_generation(model, chat_tokens, NEW_TOKENS)
+    n_positions = len(chat_tokens) + NEW_TOKENS
+    expected = reference_greedy_generation(reference_model(folder, n_positions, factor, dtype), chat_tokens, NEW_TOKENS)
     stops = [step for step, token in enumerate(expected) if token in (EOS_ID, EOT_ID)]
     expected = expected[: stops[0] + 1] if stops else expected  # the answer ends at its first stop token
+    # every choice of the answer is clear of float32 rounding: no faithful computation could choose otherwise
+    _, fed = reference_decoding(reference_model(folder, n_positions, factor, dtype), chat_tokens, len(answer), answer)
+    _, truth = reference_decoding(reference_model(folder, n_positions, factor, WIDER[dtype]), chat_tokens, len(answer),
+                                  answer)
+    assert (margins(truth) > 2 * rounding_tolerance(fed, truth, dtype, logit_terms(folder))).all()
     assert answer == expected
 
 

@@ -1,0 +1,90 @@
+"""The one rule for how far a floating-point result may be from the truth, for every numerical test.
+
+What is compared. A computation in a narrow dtype (the notebook's, JAX's, Meta's or Hugging Face's, in float32
+or bf16) is held to the truth: the same model on the same input computed in a wider dtype (float64 for
+float32, float32 for bf16 weights), whose own rounding is negligible beside the narrow one's. No test compares
+two narrow results with each other: they differ by the sum of two errors, and each error depends on the
+kernels the CPU picked (PyTorch, oneDNN, MKL and XLA choose AVX-512, AVX2, NEON or plain code by the
+instruction set, and with it the order of every sum), so such a bound holds on one machine and not the next.
+
+How far. A reference computation (Meta's, or the peer's own) is run in the narrow dtype and in the wide one;
+the distance e between the two is the error that a faithful computation of this size makes on this very
+input. Another faithful computation, with other kernels and another order of summation, makes an error of
+the same size but not the same one: the rule allows SAFETY times e. A measured e can be small by luck (a
+scalar loss whose float32 sum happened to round well, measured as zero): so the tolerance is never below
+the floor that no computation of this size can promise to beat, the last rounding to the dtype (one unit in
+the last place of the largest |truth|) plus float32 accumulation over the `terms` numbers summed into each
+result, whose rounding grows like a random walk, as sqrt(terms) float32 ulps (bf16 products accumulate in
+float32 too):
+
+    tolerance = max(SAFETY * e, ulp_dtype(m) + sqrt(terms) * ulp_float32(m)),   m = max |truth|
+
+For float32 logits of a model 256 wide (largest logit ~4.5) the two are about equal, ~9e-6; for bf16, SAFETY
+times e, ~0.14; for a float32 loss averaged over 256 positions that rounded exactly, the floor, 17 ulps.
+
+A wrong index, mask, rotation or activation moves results by a sizeable fraction of their spread, orders of
+magnitude beyond this (tests/check_mutations.py shows the tests notice one-character bugs).
+
+Wider means wider everywhere. Meta's code and the notebooks upcast with .float(), meant for bf16; in a float64
+run that rounds to float32 halfway. float_means_double() makes .float() give float64 for such a run.
+
+Margins. With LLAMA3_MARGINS=path, every check appends its difference / tolerance to that file (one JSON
+object a line): benchmarks/isa_margins.py runs the numerical tests under each instruction set the CPU
+allows and reports the worst margin of each test.
+"""
+
+import contextlib
+import json
+import math
+import os
+from unittest import mock
+
+import torch
+
+SAFETY = 4
+MARGINS_FILE = "LLAMA3_MARGINS"
+
+
+def ulp(value: float, dtype: torch.dtype) -> float:
+    """Spacing of dtype's numbers at |value|: one unit in the last place (that of the smallest normal at 0)."""
+    finfo = torch.finfo(dtype)
+    return finfo.eps * 2.0 ** math.floor(math.log2(max(abs(value), finfo.tiny)))
+
+
+def rounding_floor(truth: torch.Tensor, dtype: torch.dtype, terms: int) -> float:
+    """The error no faithful computation in dtype of results summed from `terms` numbers can promise to beat."""
+    largest = truth.abs().max().item()
+    return ulp(largest, dtype) + math.sqrt(terms) * ulp(largest, torch.float32)
+
+
+def rounding_tolerance(reference: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype, terms: int) -> float:
+    """How far from truth a faithful computation in dtype may be: SAFETY times the reference's own error
+    (the reference in dtype against truth), never less than rounding_floor. For the results of several
+    steps, the error is the largest of them."""
+    measured = (reference.double() - truth.double()).abs().max().item()
+    return max(SAFETY * measured, rounding_floor(truth, dtype, terms))
+
+
+def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def assert_within_rounding(result: torch.Tensor, truth: torch.Tensor, tolerance: float, what: str) -> float:
+    """Assert |result - truth| <= tolerance everywhere; record the margin (LLAMA3_MARGINS); return the difference."""
+    difference = largest_difference(result, truth)
+    margin = difference / tolerance
+    if os.environ.get(MARGINS_FILE):
+        record = {"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "what": what,
+                  "difference": difference, "tolerance": tolerance, "margin": margin}
+        with open(os.environ[MARGINS_FILE], "a") as margins:
+            margins.write(json.dumps(record) + "\n")
+    print(f"{what}: max |difference| {difference:.3g}, tolerance {tolerance:.3g} (margin {margin:.2f})")
+    assert difference <= tolerance, f"{what}: {difference:.3g} from the truth, more than the {tolerance:.3g} rounding explains"
+    return difference
+
+
+@contextlib.contextmanager
+def float_means_double():
+    """Within it, tensor.float() gives float64: code written to upcast bf16 to float32 then stays in float64."""
+    with mock.patch.object(torch.Tensor, "float", torch.Tensor.double):
+        yield
