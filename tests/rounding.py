@@ -9,8 +9,9 @@ instruction set, and with it the order of every sum), so such a bound holds on o
 
 How far. A reference computation (Meta's, or the peer's own) is run in the narrow dtype and in the wide one;
 the distance e between the two is the error that a faithful computation of this size makes on this very
-input. Another faithful computation, with other kernels and another order of summation, makes an error of
-the same size but not the same one: the rule allows SAFETY times e. A measured e can be small by luck (a
+input. Another faithful computation, with other kernels, another order of summation or other approximations
+of exp and rsqrt, makes an error of the same size but not the same one (XLA's float32 logits are about twice
+as far from the truth as Meta's): the rule allows SAFETY times e. A measured e can be small by luck (a
 scalar loss whose float32 sum happened to round well, measured as zero): so the tolerance is never below
 the floor that no computation of this size can promise to beat, the last rounding to the dtype (one unit in
 the last place of the largest |truth|) plus float32 accumulation over the `terms` numbers summed into each
@@ -19,8 +20,10 @@ float32 too):
 
     tolerance = max(SAFETY * e, ulp_dtype(m) + sqrt(terms) * ulp_float32(m)),   m = max |truth|
 
-For float32 logits of a model 256 wide (largest logit ~4.5) the two are about equal, ~9e-6; for bf16, SAFETY
-times e, ~0.14; for a float32 loss averaged over 256 positions that rounded exactly, the floor, 17 ulps.
+For float32 logits of a model 256 wide (largest logit ~4.5) that is SAFETY times e, ~1e-5 (the floor is
+~8e-6); for bf16, ~0.14; for a float32 loss averaged over 256 positions that rounded exactly, the floor, 17 ulps.
+SAFETY is not larger because the same tolerance decides which greedy choices are clear of rounding (a lead of
+more than two tolerances), and a larger one leaves few bf16 steps decided.
 
 A wrong index, mask, rotation or activation moves results by a sizeable fraction of their spread, orders of
 magnitude beyond this (tests/check_mutations.py shows the tests notice one-character bugs).
@@ -81,6 +84,18 @@ def assert_within_rounding(result: torch.Tensor, truth: torch.Tensor, tolerance:
     print(f"{what}: max |difference| {difference:.3g}, tolerance {tolerance:.3g} (margin {margin:.2f})")
     assert difference <= tolerance, f"{what}: {difference:.3g} from the truth, more than the {tolerance:.3g} rounding explains"
     return difference
+
+
+def decided(truth: torch.Tensor, *results: torch.Tensor) -> torch.Tensor:
+    """Per row of logits: whether every one of results takes the truth's most likely token. It does wherever
+    the truth's best logit leads its second by more than twice the largest distance of any result from the
+    truth in that row (a result can then raise another token, and lower the best, by at most that distance).
+    This uses the errors these computations made, not the tolerance, so that a greedy choice is compared
+    wherever it is decided, and only there."""
+    truth = truth.double().view(-1, truth.shape[-1])
+    top2 = truth.topk(2, dim=-1).values
+    error = torch.stack([(result.double().view_as(truth) - truth).abs().max(dim=-1).values for result in results])
+    return top2[:, 0] - top2[:, 1] > 2 * error.max(dim=0).values
 
 
 @contextlib.contextmanager

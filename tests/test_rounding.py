@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rounding import SAFETY, assert_within_rounding, rounding_floor, rounding_tolerance, ulp
+from rounding import SAFETY, assert_within_rounding, decided, rounding_floor, rounding_tolerance, ulp
 
 
 def test_ulp_is_the_spacing_of_the_dtype_at_the_value():
@@ -43,3 +43,10 @@ def test_float_means_double_keeps_float64_only_inside():
         assert x.float().dtype == torch.float64
         assert torch.arange(3).float().dtype == torch.float64
     assert x.float().dtype == torch.float32
+
+
+def test_a_choice_is_decided_only_where_the_lead_beats_twice_the_errors():
+    truth = torch.tensor([[3.0, 2.0, 0.0], [3.0, 2.9, 0.0]], dtype=torch.float64)
+    off_by = torch.tensor([[0.0, 0.3, 0.0], [0.0, 0.1, 0.0]])  # raises the runner-up of each row
+    assert decided(truth, truth.float() + off_by).tolist() == [True, False]  # lead 1.0 > 0.6; lead 0.1 < 0.2
+    assert decided(truth, truth.float()).tolist() == [True, True]
