@@ -2,6 +2,7 @@
 timings belong to `python benchmarks/benchmark.py`, on a quiet machine."""
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -69,8 +70,12 @@ def test_benchmark_runs_notebook_and_reference_and_writes_one_row(tmp_path, caps
     assert row["max_logit_difference"] < 0.1
     assert row["memory_samples"] > 10
     assert 0 < row["peak_anon_bytes"] <= row["peak_rss_bytes"]
-    for name in ("notebook_seconds", "loop_first_seconds", "loop_seconds", "decode_seconds_per_token",
-                 "meta_layers_seconds", "meta_forward_seconds", "meta_decode_seconds_per_token", "loop_over_meta"):
+    for name in ("notebook_seconds", "loop_first_seconds", "loop_seconds", "meta_layers_seconds",
+                 "meta_forward_seconds", "loop_over_meta"):
         assert row[name] > 0, name
+    # per token: a decode's time less its prefill's, which on a tiny model is noise and on a busy machine can
+    # come out below zero; a figure, not a test of speed
+    for name in ("decode_seconds_per_token", "meta_decode_seconds_per_token"):
+        assert math.isfinite(row[name]), name
     assert row["meta_layers_seconds"] < row["meta_forward_seconds"]
     assert "| tiny | cpu |" in capsys.readouterr().out
