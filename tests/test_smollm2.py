@@ -32,8 +32,8 @@ import pytest
 import torch
 
 import download_weights
-import smollm2_checkpoint
-from meta_layout import ffn_hidden_dim
+from llama3_support import smollm2_checkpoint
+from llama3_support.meta_layout import ffn_hidden_dim
 from reference import load_reference, reference_decoding, reference_logits
 from rounding import assert_within_rounding, rounding_tolerance
 from test_hf_peer import META_TO_HF_LAYER_NAMES, interleaved_to_half_split

@@ -7,7 +7,7 @@ builder and the tests all derive their tensors from checkpoint_shapes(params) be
 
 from pathlib import Path
 
-from checkpoint_folder import CheckpointError
+from llama3_support.checkpoint_folder import CheckpointError
 
 # params.json of meta-llama/Meta-Llama-3-8B, byte for byte.
 META_LLAMA3_8B_PARAMS_JSON = (

@@ -52,10 +52,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, CheckpointError, check_free_space, check_output_folder, \
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, CheckpointError, check_free_space, check_output_folder, \
     shown_path, source_kind, staged_build
-from demo_checkpoint import BF16_BYTES, save_with_progress
-from meta_layout import checkpoint_shapes, ffn_hidden_dim
+from llama3_support.demo_checkpoint import BF16_BYTES, save_with_progress
+from llama3_support.meta_layout import checkpoint_shapes, ffn_hidden_dim
 
 MODEL = "SmolLM2-135M-Instruct"
 SMOLLM2_DIR = CHECKPOINTS / MODEL

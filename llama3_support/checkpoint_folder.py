@@ -26,7 +26,7 @@ try:
 except ImportError:  # Windows: no advisory locks, so two runs on one folder are not told apart there
     fcntl = None
 
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"  # the default home of every checkpoint folder
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"  # the default home of every checkpoint folder
 SOURCE_FILE = "source.json"
 CHECKPOINT_FILES = ("params.json", "tokenizer.model", "consolidated.00.pth")
 STAGING = ".download"  # inside the checkpoint folder: files on their way in, never loaded by the notebook

@@ -27,7 +27,7 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 from tqdm import tqdm
 
-from checkpoint_folder import CHECKPOINT_FILES, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
     check_free_space, check_output_folder, claim_folder, human_size, read_source, remove_staging, shown_path, \
     staging_lock, write_json
 

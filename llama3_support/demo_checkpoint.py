@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, check_free_space, check_output_folder, source_kind, \
+from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, check_free_space, check_output_folder, source_kind, \
     staged_build
-from meta_layout import META_LLAMA3_8B, META_LLAMA3_8B_PARAMS_JSON, bundled_tokenizer_path, layer_shapes
+from llama3_support.meta_layout import META_LLAMA3_8B, META_LLAMA3_8B_PARAMS_JSON, bundled_tokenizer_path, layer_shapes
 
 DEMO_DIR = CHECKPOINTS / "Meta-Llama-3-8B-demo"
 DEMO_KIND = "demo"
