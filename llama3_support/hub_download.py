@@ -30,9 +30,10 @@ from tqdm import tqdm
 from llama3_support.checkpoint_folder import CHECKPOINT_FILES, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
     check_free_space, check_output_folder, claim_folder, human_size, read_source, remove_staging, shown_path, \
     staging_lock, write_json
+from llama3_support.shards import weight_file_names
 
 # The checkpoints the notebook reads: --model name -> hub repository. Each repository keeps Meta's own
-# files (CHECKPOINT_FILES) in its HUB_FOLDER; the name is what source.json records as "model".
+# files (model_files) in its HUB_FOLDER; the name is what source.json records as "model".
 MODELS = {
     "Meta-Llama-3-8B": "meta-llama/Meta-Llama-3-8B",
     "Meta-Llama-3-8B-Instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
@@ -42,9 +43,22 @@ MODELS = {
     "Llama-3.2-1B-Instruct": "meta-llama/Llama-3.2-1B-Instruct",
     "Llama-3.2-3B": "meta-llama/Llama-3.2-3B",
     "Llama-3.2-3B-Instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "Meta-Llama-3-70B": "meta-llama/Meta-Llama-3-70B",
+    "Meta-Llama-3-70B-Instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
+    "Llama-3.1-70B": "meta-llama/Llama-3.1-70B",
+    "Llama-3.1-70B-Instruct": "meta-llama/Llama-3.1-70B-Instruct",
+    "Llama-3.3-70B-Instruct": "meta-llama/Llama-3.3-70B-Instruct",
 }
+# Models that Meta splits over several weight files, one per model-parallel rank (llama3_support/shards.py):
+# the 70B models over 8, consolidated.00.pth to consolidated.07.pth (llama-models' sku_list: pth_file_count).
+WEIGHT_FILE_COUNTS = {name: 8 for name in MODELS if name.endswith(("70B", "70B-Instruct"))}
 HUB_FOLDER = "original"
 HASH_CHUNK = 8 << 20
+
+
+def model_files(model: str) -> tuple:
+    """The files of model's checkpoint in the hub's HUB_FOLDER, under the names the folder gives them."""
+    return ("params.json", "tokenizer.model", *weight_file_names(WEIGHT_FILE_COUNTS.get(model, 1)))
 
 
 class UnknownModelError(CheckpointError):
@@ -98,8 +112,8 @@ def find_token():
     return token, "`hf auth login`"
 
 
-def describe_hub_error(error: Exception, repo_id: str, token_source, command: str) -> str:
-    """One paragraph for a failed request to the hub: what happened and what to do."""
+def describe_hub_error(error: Exception, repo_id: str, token_source, command: str, names=CHECKPOINT_FILES) -> str:
+    """One paragraph for a failed request to the hub: what happened and what to do (names: the model's files)."""
     page = f"{constants.ENDPOINT}/{repo_id}"
     tokens_page = f"{constants.ENDPOINT}/settings/tokens"
     status = error.response.status_code if isinstance(error, HfHubHTTPError) else None
@@ -142,7 +156,7 @@ def describe_hub_error(error: Exception, repo_id: str, token_source, command: st
     if isinstance(error, RemoteEntryNotFoundError):
         return (
             f"{repo_id} lacks a file of Meta's original layout, which the notebook reads "
-            f"({', '.join(CHECKPOINT_FILES)} in {HUB_FOLDER}/): the hub answered {status} for {error.response.url}. "
+            f"({', '.join(names)} in {HUB_FOLDER}/): the hub answered {status} for {error.response.url}. "
             "`python download_weights.py --help` lists the models that have it."
         )
     if status == 401:
@@ -171,18 +185,19 @@ def describe_hub_error(error: Exception, repo_id: str, token_source, command: st
 HUB_ERRORS = (HfHubHTTPError, httpx2.TransportError, OfflineModeIsEnabled, FileMetadataError)
 
 
-def look_up_files(repo_id: str, token):
-    """Ask the hub for each checkpoint file's size and checksum (HEAD requests: no bytes move yet).
+def look_up_files(repo_id: str, token, names=CHECKPOINT_FILES):
+    """Ask the hub for the size and checksum of each of the checkpoint's files, names (HEAD requests: no bytes
+    move yet).
 
     The first answer names the commit that the main branch points to; every file is then asked for at
     that commit, so all of them come from one revision.
     """
-    paths = [f"{HUB_FOLDER}/{name}" for name in CHECKPOINT_FILES]
+    paths = [f"{HUB_FOLDER}/{name}" for name in names]
     revision = get_hf_file_metadata(hf_hub_url(repo_id, paths[0]), token=token).commit_hash
     if revision is None:
         raise FileMetadataError("no X-Repo-Commit header")
     files = []
-    for name, path in zip(CHECKPOINT_FILES, paths):
+    for name, path in zip(names, paths):
         url = hf_hub_url(repo_id, path, revision=revision)
         meta = get_hf_file_metadata(url, token=token)
         if meta.size is None or meta.etag is None or len(meta.etag) not in (40, 64):
@@ -247,11 +262,12 @@ def fetch(file: HubFile, partial: Path, token):
                  expected_size=file.size, displayed_filename=file.name)
 
 
-def still_as_recorded(out_dir: Path, repo_id: str) -> bool:
-    """Without the hub: whether a finished download's files still match the sizes and sha256 in its source.json."""
+def still_as_recorded(out_dir: Path, repo_id: str, names=CHECKPOINT_FILES) -> bool:
+    """Without the hub: whether a finished download's files (names) still match the sizes and sha256 in its
+    source.json."""
     source = read_source(out_dir)
     records = source.get("files", {})
-    if source.get("kind") != "hub" or source.get("repo_id") != repo_id or set(records) != set(CHECKPOINT_FILES):
+    if source.get("kind") != "hub" or source.get("repo_id") != repo_id or set(records) != set(names):
         return False
     for name, record in records.items():
         try:
@@ -347,20 +363,20 @@ def download_from_hub(model: str, out_dir: Path, command: str) -> int:
     collect in out_dir/.download/<name>.<checksum>.incomplete, kept when a run stops so that the next one
     resumes; source.json is written last, once every file matches the hub.
     """
-    repo_id, out_dir = MODELS[model], Path(out_dir)
+    repo_id, out_dir, names = MODELS[model], Path(out_dir), model_files(model)
     check_output_folder(out_dir, belongs=is_download_of(repo_id), wanted=f"a download of {repo_id}")
     token, token_source = find_token()
     print(f"Asking {constants.ENDPOINT} for {repo_id} ({'token from ' + token_source if token else 'no token'})")
     try:
-        revision, files = look_up_files(repo_id, token)
+        revision, files = look_up_files(repo_id, token, names)
     except HUB_ERRORS as error:
         offline = isinstance(error, (httpx2.TransportError, OfflineModeIsEnabled))
-        if offline and still_as_recorded(out_dir, repo_id):
+        if offline and still_as_recorded(out_dir, repo_id, names):
             print(f"The hub cannot be reached, but {shown_path(out_dir)} holds a finished download of {repo_id} "
                   f"(revision {read_source(out_dir)['revision']}) whose files still have the size and sha256 "
                   "recorded when they were verified.")
             return 0
-        raise CheckpointError(describe_hub_error(error, repo_id, token_source, command)) from None
+        raise CheckpointError(describe_hub_error(error, repo_id, token_source, command, names)) from None
 
     marker = {"kind": "hub", "repo_id": repo_id, "model": model, "revision": revision}
     plan_download(out_dir, revision, files)

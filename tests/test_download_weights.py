@@ -24,7 +24,8 @@ from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 from llama3_support.checkpoint_folder import CHECKPOINT_FILES, STAGING, human_size, staging_lock
 from checkpoints import small_params, write_checkpoint
 from fake_hub import FakeHub, Fault
-from llama3_support.hub_download import MODELS
+from llama3_support.hub_download import MODELS, model_files
+from llama3_support.shards import open_weights, write_sharded_copy
 from notebook_runner import run_notebook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,9 @@ SCRIPT = REPO / "download_weights.py"
 SCRIPT_FILES = ("download_weights.py", "llama3_support")
 LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 LLAMA32 = "meta-llama/Llama-3.2-1B"
+LLAMA33_70B = "meta-llama/Llama-3.3-70B-Instruct"  # 8 weight files, one per model-parallel rank
+LLAMA31_70B = "meta-llama/Llama-3.1-70B"  # served with its last weight file missing
+SHARDED_PARAMS = small_params(dim=64, n_layers=2, n_heads=8, n_kv_heads=8, multiple_of=64)
 WEIGHTS = "original/consolidated.00.pth"
 TOKEN = "hf_" + secrets.token_hex(16)  # an account that accepted both licenses
 NOT_ACCEPTED = "hf_" + secrets.token_hex(16)  # an account that accepted none
@@ -85,6 +89,10 @@ def repositories(tmp_path_factory) -> dict:
     folders[LLAMA3] = write_checkpoint(root / "Meta-Llama-3-8B" / "original", params, seed=1).parent
     params_32 = small_params(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=64, use_scaled_rope=True)
     folders[LLAMA32] = write_checkpoint(root / "Llama-3.2-1B" / "original", params_32, seed=2, output="tied").parent
+    single_file = write_checkpoint(root / "70B-single-file", SHARDED_PARAMS, seed=3)
+    folders[LLAMA33_70B] = write_sharded_copy(single_file, root / "Llama-3.3-70B-Instruct" / "original", 8).parent
+    folders[LLAMA31_70B] = write_sharded_copy(single_file, root / "Llama-3.1-70B" / "original", 8).parent
+    (folders[LLAMA31_70B] / "original" / "consolidated.07.pth").unlink()
     assert (folders[LLAMA3] / WEIGHTS).stat().st_size > 3 * DOWNLOAD_CHUNK_SIZE
     return folders
 
@@ -553,6 +561,88 @@ def test_a_staging_folder_that_is_not_ours_is_left_alone(hub, download, tmp_path
     assert result.returncode == 1
     assert f"{out / STAGING} holds files that this project's scripts did not put there" in result.stderr
     assert (out / STAGING / "mine.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- a model split over 8 files
+
+
+def assert_complete_sharded_copy(out: Path, folder: Path, hub: FakeHub):
+    """out holds all 10 files of the Llama 3.3 70B stand-in, byte for byte, each recorded in source.json."""
+    names = model_files("Llama-3.3-70B-Instruct")
+    assert len(names) == 10 and names[-1] == "consolidated.07.pth"
+    for name in names:
+        assert sha256_of(out / name) == sha256_of(folder / "original" / name), name
+    source = json.loads((out / "source.json").read_text())
+    assert (source["repo_id"], source["revision"]) == (LLAMA33_70B, hub.repos[LLAMA33_70B].commit)
+    assert list(source["files"]) == list(names)
+    assert all(source["files"][name]["sha256"] == hub.blob(folder / "original" / name).sha256 for name in names)
+    assert not (out / STAGING).exists()
+
+
+def test_each_model_has_as_many_weight_files_as_metas_record_of_it_says():
+    from llama_models.sku_list import all_registered_models
+
+    files_per_repo = {model.huggingface_repo: model.pth_file_count for model in all_registered_models()
+                      if model.huggingface_repo}
+    for name, repo_id in MODELS.items():  # llama-models names Meta-Llama-3-70B's repository Llama-3-70B
+        count = files_per_repo.get(repo_id, files_per_repo.get(repo_id.replace("/Meta-Llama-3-", "/Llama-3-")))
+        assert len([file for file in model_files(name) if file.startswith("consolidated.")]) == count, name
+
+
+def test_a_70b_model_fetches_its_8_weight_files_verified(hub, download, repositories, tmp_path):
+    out = tmp_path / "Llama-3.3-70B-Instruct"
+    result = download("--model", "Llama-3.3-70B-Instruct", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert_complete_sharded_copy(out, repositories[LLAMA33_70B], hub)
+    assert "Llama-3.3-70B-Instruct is ready" in result.stdout and "10 files verified" in result.stdout
+    # params.json from git, then tokenizer.model and every weight file redirected to storage, each fetched once
+    assert [r.status for r in hub.log(method="GET")] == [200] + [302, 200] * 9
+    assert all(r.authorized for r in hub.log(server="hub"))
+    # the folder opens as one model, checked against its params.json
+    weights = open_weights(out, SHARDED_PARAMS)
+    assert len(weights.files) == 8 and weights["output.weight"].shape == (128256, 64)
+    assert_token_never_shown(download, out)
+
+
+def test_too_little_disk_for_a_70b_model_counts_all_8_files_before_a_byte_moves(hub, download, repositories,
+                                                                                 tmp_path):
+    out = tmp_path / "out"
+    result = download("--model", "Llama-3.3-70B-Instruct", "--out", out, free_bytes=100 << 20)
+    assert result.returncode == 1
+    total = sum((repositories[LLAMA33_70B] / "original" / name).stat().st_size
+                for name in model_files("Llama-3.3-70B-Instruct"))
+    assert f"{human_size(total)} still to write, plus a margin of 256.0 MiB, but the disk has 100.0 MiB" in result.stderr
+    assert hub.log(method="GET") == []
+    assert not out.exists()
+
+
+def test_a_70b_download_stopped_in_one_file_resumes_there(hub, download, repositories, tmp_path):
+    out = tmp_path / "Llama-3.3-70B-Instruct"
+    stopped = "original/consolidated.05.pth"
+    hub.add_fault(LLAMA33_70B, stopped, Fault("cut", at=0))  # the connection drops, and the retry finds the hub down
+    hub.add_fault(LLAMA33_70B, stopped, Fault("unavailable"))
+    first = download("--model", "Llama-3.3-70B-Instruct", "--out", out)
+    assert first.returncode == 1
+    assert "The download of consolidated.05.pth stopped" in first.stderr
+    assert "run the same command again to resume" in first.stderr
+    assert not (out / "source.json").exists()  # not finished, so not a checkpoint
+    assert [(out / name).is_file() for name in model_files("Llama-3.3-70B-Instruct")[2:]] == [True] * 5 + [False] * 3
+
+    second = download("--model", "Llama-3.3-70B-Instruct", "--out", out)
+    assert second.returncode == 0, second.stderr
+    assert_complete_sharded_copy(out, repositories[LLAMA33_70B], hub)
+    for name in model_files("Llama-3.3-70B-Instruct"):  # the files verified by the first run were not fetched again
+        blob = hub.blob(repositories[LLAMA33_70B] / "original" / name)
+        assert hub.bytes_sent(blob.sha256) == blob.size, name
+
+
+def test_a_70b_repository_without_one_of_its_weight_files_is_refused_before_a_byte_moves(hub, download, tmp_path):
+    result = download("--model", "Llama-3.1-70B", "--out", tmp_path / "out")
+    assert result.returncode == 1
+    assert "meta-llama/Llama-3.1-70B lacks a file of Meta's original layout" in result.stderr
+    assert "consolidated.07.pth in original/" in result.stderr and "original/consolidated.07.pth" in result.stderr
+    assert hub.log(method="GET") == []
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- the demo checkpoint, served
