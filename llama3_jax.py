@@ -1,10 +1,14 @@
 """The Llama 3 of llama3_from_scratch.ipynb in pure JAX: Meta's checkpoints, greedy generation, training.
 
     python llama3_jax.py generate --checkpoint checkpoints/Meta-Llama-3-8B
+    python llama3_jax.py generate --checkpoint checkpoints/SmolLM2-135M-Instruct --chat "What is the capital of Japan?"
     python llama3_jax.py train --steps 2000 --out checkpoints/tiny-shakespeare-jax
 
 The weights are a dict of jax.numpy arrays under Meta's names; the model is plain jax.numpy (RMSNorm, RoPE
 with complex numbers, grouped-query attention, SwiGLU). `train` splits each batch over every device JAX sees.
+The model family's rules (split pattern, special tokens, feed-forward width, RoPE scaling, the training recipe)
+come from llama3_support/vocabulary.py, which the training notebook imports too; a folder with a tokenizer of
+its own (tokenizer_config.json: SmolLM2's) brings its split pattern, special tokens, end token and chat format.
 """
 
 import argparse
@@ -27,16 +31,14 @@ from tqdm import tqdm
 
 from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_output_folder, read_source, staged_build
 from llama3_support.meta_layout import checkpoint_shapes, layer_shapes
+from llama3_support.shards import ShardedWeights, open_weights, weight_shapes
+from llama3_support.vocabulary import (N_SPECIAL_TOKENS, TRAINED_BY, TRAINED_KIND, TRAINING, TRAINING_SETTINGS,
+                                       chat_prompt_ids, head_split_problem, is_trained_source, llama3_tokenizer_rules,
+                                       model_name_for, params_problems, rope_scale_factor_for, scale_rope_frequencies,
+                                       tokenizer_rules, training_params)
 
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
-ROPE_SCALE_FACTORS = {"llama-3.1": 8.0, "llama-3.2": 32.0}  # 3.1 and 3.2 stretch RoPE's slow frequencies differently
-ORIGINAL_CONTEXT, LOW_FREQ_FACTOR, HIGH_FREQ_FACTOR = 8192, 1.0, 4.0  # Llama 3's RoPE scaling constants
-SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPECIAL_TOKENS = [f"<|{name}|>" for name in (  # then <|reserved_special_token_2|>, 3, ... up to vocab_size
-    "begin_of_text end_of_text reserved_special_token_0 reserved_special_token_1 finetune_right_pad_id step_id "
-    "start_header_id end_header_id eom_id eot_id python_tag image").split()]
 
 
 # ------------------------------------------------------------------ checkpoint, configuration, tokenizer
@@ -50,26 +52,22 @@ def model_config(params: dict, rope_scale_factor=None) -> dict:
 
 
 def read_checkpoint(folder: Path, rope_scale_factor=None):
-    """params.json's configuration and the mmap'ed state dict, checked against each other before any work."""
+    """params.json's configuration and the mapped weights, checked against each other before any work (a model
+    split over several files, as Meta's 70B is, merges each tensor from its slices when asked: shards.py).
+    rope_scale_factor: None takes the factor that source.json's model or the folder's name implies."""
     if missing := [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]:
         raise CheckpointError(f"{folder} has no {', '.join(missing)}. Get a checkpoint with `python "
                               "download_weights.py` (offline: `--demo`) or `python llama3_jax.py train`, and pass its "
                               "folder as --checkpoint.")
-    if (folder / "consolidated.01.pth").exists():
-        raise CheckpointError(f"{folder} holds a checkpoint split over several consolidated.*.pth files "
-                              "(70B, 405B); this program reads single-file ones: the 8B, 3B and 1B models.")
     params = json.loads((folder / "params.json").read_text())
-    if params.get("use_scaled_rope") and rope_scale_factor is None:  # Llama 3.1 or 3.2? source.json or the name says
-        name = read_source(folder).get("model") or "/".join(folder.resolve().parts[-2:])  # also <name>/original
-        factors = [factor for family, factor in ROPE_SCALE_FACTORS.items() if family in name.lower()]
-        if not factors:
-            raise CheckpointError(f"params.json turns on use_scaled_rope, but neither source.json nor the name "
-                                  f"{name!r} says whether this is Llama 3.1 or 3.2: pass --rope-scale-factor 8 or 32 "
-                                  "accordingly (or set LLAMA3_ROPE_SCALE_FACTOR).")
-        rope_scale_factor = factors[0]
+    if problems := (params_problems(params) if isinstance(params, dict) else ["it is not a JSON object"]):
+        raise CheckpointError(f"{folder / 'params.json'} does not describe a Llama 3 model: {'; '.join(problems)}. "
+                              "Use the params.json that came with these weights.")
+    if rope_scale_factor is None:  # Llama 3.1 or 3.2? source.json's model or the folder's name says
+        rope_scale_factor, _ = rope_scale_factor_for(params, model_name_for(folder, read_source(folder)))
     config = model_config(params, rope_scale_factor)
-    state_dict = torch.load(folder / "consolidated.00.pth", map_location="cpu", mmap=True, weights_only=True)
-    shapes = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+    state_dict = open_weights(folder, params)
+    shapes = weight_shapes(state_dict)
     expected = {name: shape for name, shape in checkpoint_shapes(config).items()
                 if name in shapes or name != "output.weight"}  # Llama 3.2 may tie the output to the embedding
     if differ := sorted({name for name, _ in shapes.items() ^ expected.items()}):
@@ -84,6 +82,8 @@ def jax_weights(state_dict: dict, dtype) -> dict:
     converted, weights = {}, {}
     for name, tensor in tqdm(state_dict.items(), desc="weights", unit="tensor", leave=False):
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
+        if isinstance(state_dict, ShardedWeights):  # each merged tensor is new, and a freed one's address comes back
+            key = name
         if key not in converted:  # numpy has no bf16: the same 16 bits, viewed as ml_dtypes' bfloat16
             converted[key] = jnp.asarray(tensor.float().numpy() if dtype == jnp.float32 else
                                          tensor.bfloat16().contiguous().view(torch.uint16).numpy().view(jnp.bfloat16))
@@ -91,32 +91,39 @@ def jax_weights(state_dict: dict, dtype) -> dict:
     return weights
 
 
-def load_tokenizer(path: Path, vocab_size: int) -> tiktoken.Encoding:
-    """tiktoken on tokenizer.model (base64 bytes and rank per line), with Llama 3's split pattern and special tokens."""
-    ranks = {base64.b64decode(token): int(rank) for token, rank in map(str.split, path.read_text().splitlines())}
-    n_reserved = vocab_size - len(ranks) - len(SPECIAL_TOKENS)  # the special tokens fill the vocabulary up
-    special = SPECIAL_TOKENS + [f"<|reserved_special_token_{2 + i}|>" for i in range(n_reserved)]
-    return tiktoken.Encoding(name=path.parent.name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={name: len(ranks) + i for i, name in enumerate(special)})
+def read_ranks(path: Path) -> dict:
+    """tokenizer.model: {token bytes: rank}, one base64 token and its rank per line."""
+    return {base64.b64decode(token): int(rank) for token, rank in map(str.split, path.read_text().splitlines())}
 
 
-def prompt_tokens(tokenizer: tiktoken.Encoding, text: str) -> list:
-    """<|begin_of_text|>, then the text's ids; text that looks like a special token stays text."""
-    return [tokenizer.encode_single_token("<|begin_of_text|>")] + tokenizer.encode(text, disallowed_special=())
+def load_tokenizer(folder: Path, vocab_size: int):
+    """(tiktoken on the folder's tokenizer.model, the folder's tokenizer rules): its own (tokenizer_config.json)
+    when it has them, else Llama 3's split pattern and special tokens, which fill the vocabulary up to vocab_size."""
+    ranks = read_ranks(Path(folder) / "tokenizer.model")
+    rules = tokenizer_rules(folder, vocab_size, n_ranks=len(ranks))
+    encoding = tiktoken.Encoding(name=Path(folder).name, pat_str=rules.split_pattern, mergeable_ranks=ranks,
+                                 special_tokens=rules.special_tokens)
+    return encoding, rules
+
+
+def prompt_tokens(tokenizer: tiktoken.Encoding, rules, text: str) -> list:
+    """The text's ids, after the rules' BOS if they add one; text that looks like a special token stays text."""
+    if unencodable := sorted(set(text.encode()) & rules.bytes_without_token):
+        raise CheckpointError(f"The prompt holds bytes that this tokenizer has no token for ({unencodable}: control "
+                              "characters or bytes that UTF-8 hardly uses); leave them out of the prompt.")
+    return [rules.bos_id] * rules.add_bos + tokenizer.encode(text, disallowed_special=())
 
 
 # ------------------------------------------------------------------ the model
 
-def rope_rotations(config: dict, n_positions: int) -> jax.Array:
-    """e^(i * position * frequency): complex64 [n_positions, head_dim / 2], slow frequencies scaled for 3.1 / 3.2."""
+def rope_rotations_at(config: dict, positions) -> jax.Array:
+    """e^(i * position * frequency) for each of the positions (an array of them): complex64
+    [len(positions), head_dim / 2], the slow frequencies scaled for Llama 3.1 / 3.2 (vocabulary.py's rule)."""
     head_dim = config["head_dim"]
     frequencies = 1.0 / config["rope_theta"] ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     if config["rope_scale_factor"]:  # wavelengths under 2048 positions stay, over 8192 slow down, between: blended
-        wavelengths = 2 * jnp.pi / frequencies
-        smooth = (ORIGINAL_CONTEXT / wavelengths - LOW_FREQ_FACTOR) / (HIGH_FREQ_FACTOR - LOW_FREQ_FACTOR)
-        smooth = jnp.clip(smooth, 0, 1)
-        frequencies = (1 - smooth) * frequencies / config["rope_scale_factor"] + smooth * frequencies
-    angles = jnp.outer(jnp.arange(n_positions, dtype=jnp.float32), frequencies)
+        frequencies = jnp.asarray(scale_rope_frequencies(np.asarray(frequencies), config["rope_scale_factor"]))
+    angles = jnp.outer(jnp.asarray(positions, dtype=jnp.float32), frequencies)
     return jax.lax.complex(jnp.cos(angles), jnp.sin(angles))
 
 
@@ -130,15 +137,17 @@ def linear(x, weight):
     return product[: np.prod(x.shape[:-1])].reshape(*x.shape[:-1], -1).astype(x.dtype)
 
 
-def rms_norm(x, weight, eps: float):
+def rms_normalize(x, weight, eps: float):
+    """RMSNorm: x over the root of its mean square (plus eps), in float32, times the gains in weight."""
     x_float = x.astype(jnp.float32)
     return (x_float * jax.lax.rsqrt(jnp.mean(x_float * x_float, axis=-1, keepdims=True) + eps)).astype(x.dtype) * weight
 
 
 def apply_rope(x, rotations):
-    """x [batch, n, heads, head_dim] turned pair by pair (as complex numbers) by rotations [n, head_dim / 2]."""
+    """x with each neighbouring pair of its last axis turned (as a complex number) by rotations, which broadcast
+    against x's pairs [..., head_dim / 2] as they are: for x [batch, n, heads, head_dim], rotations [n, 1, head_dim / 2]."""
     pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-    turned = jax.lax.complex(pairs[..., 0], pairs[..., 1]) * rotations[:, None, :]
+    turned = jax.lax.complex(pairs[..., 0], pairs[..., 1]) * rotations
     return jnp.stack([turned.real, turned.imag], axis=-1).reshape(x.shape).astype(x.dtype)
 
 
@@ -148,13 +157,13 @@ def transformer(weights: dict, tokens, rotations, config: dict, cache=None, star
     values of earlier positions; this call writes its own into it and returns the logits of its last position only."""
     batch, n = tokens.shape
     n_heads, n_kv_heads, head_dim, eps = config["n_heads"], config["n_kv_heads"], config["head_dim"], config["norm_eps"]
-    turns = jax.lax.dynamic_slice_in_dim(rotations, start, n)
+    turns = jax.lax.dynamic_slice_in_dim(rotations, start, n)[:, None, :]  # [n, 1 (every head), head_dim / 2]
     n_keys = n if cache is None else cache[0].shape[2]
     visible = jnp.arange(n_keys) <= start + jnp.arange(n)[:, None]  # [n, n_keys]: key not after query
     h = weights["tok_embeddings.weight"][tokens]
     for layer in range(config["n_layers"]):
         w = {name: weights[f"layers.{layer}.{name}"] for name in layer_shapes(config)}  # this block's weights
-        x = rms_norm(h, w["attention_norm.weight"], eps)
+        x = rms_normalize(h, w["attention_norm.weight"], eps)
         q = apply_rope(linear(x, w["attention.wq.weight"]).reshape(batch, n, n_heads, head_dim), turns)
         k = apply_rope(linear(x, w["attention.wk.weight"]).reshape(batch, n, n_kv_heads, head_dim), turns)
         v = linear(x, w["attention.wv.weight"]).reshape(batch, n, n_kv_heads, head_dim)
@@ -169,10 +178,10 @@ def transformer(weights: dict, tokens, rotations, config: dict, cache=None, star
         probabilities = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
         heads = jnp.einsum("bkgqs,bskd->bqkgd", probabilities, v, preferred_element_type=jnp.float32).astype(q.dtype)
         h = h + linear(heads.reshape(batch, n, n_heads * head_dim), w["attention.wo.weight"])
-        x = rms_norm(h, w["ffn_norm.weight"], eps)
+        x = rms_normalize(h, w["ffn_norm.weight"], eps)
         gate = jax.nn.silu(linear(x, w["feed_forward.w1.weight"]).astype(jnp.float32)).astype(x.dtype)  # SwiGLU
         h = h + linear(gate * linear(x, w["feed_forward.w3.weight"]), w["feed_forward.w2.weight"])
-    h = rms_norm(h if cache is None else h[:, -1:], weights["norm.weight"], eps)
+    h = rms_normalize(h if cache is None else h[:, -1:], weights["norm.weight"], eps)
     # Llama 3.2 without output.weight projects with the embedding; Meta rounds the logits to the weights' dtype
     return linear(h, weights.get("output.weight", weights["tok_embeddings.weight"])).astype(jnp.float32), cache
 
@@ -184,12 +193,13 @@ def forward(weights: dict, tokens, rotations, config: dict):
 
 # ------------------------------------------------------------------ generation
 
-def generate(weights: dict, config: dict, tokens: list, max_new_tokens: int, stop_tokens=()):
+def generate_greedily(weights: dict, config: dict, tokens: list, max_new_tokens: int, stop_tokens=()):
     """Greedy decoding with a fixed-size key/value cache: one jitted step reads the prompt, then each new token.
-    Returns the new token ids (ending at the first stop token) and every step's float32 logits [steps, vocab]."""
+    Returns the new token ids (ending at the first stop token), as the walkthrough's generate does, and every
+    step's float32 logits [steps, vocab]."""
     cache_shape = (config["n_layers"], 1, len(tokens) + max_new_tokens, config["n_kv_heads"], config["head_dim"])
     cache = tuple(jnp.zeros(cache_shape, weights["tok_embeddings.weight"].dtype) for _ in "kv")
-    rotations = rope_rotations(config, len(tokens) + max_new_tokens)
+    rotations = rope_rotations_at(config, np.arange(len(tokens) + max_new_tokens))
     step = jax.jit(partial(transformer, config=config), donate_argnames="cache")
     new_tokens, step_logits, start, chunk = [], [], 0, tokens
     for _ in tqdm(range(max_new_tokens), desc="decoding", unit="token", leave=False):
@@ -203,35 +213,33 @@ def generate(weights: dict, config: dict, tokens: list, max_new_tokens: int, sto
 
 
 def run_generate(args) -> None:
+    """Continue --prompt, or answer --chat in the folder's chat format, until the model's own end token."""
     config, state_dict = read_checkpoint(Path(args.checkpoint), args.rope_scale_factor)
-    tokenizer = load_tokenizer(Path(args.checkpoint) / "tokenizer.model", config["vocab_size"])
-    tokens = prompt_tokens(tokenizer, args.prompt)
-    stops = {tokenizer.encode_single_token(name) for name in ("<|end_of_text|>", "<|eot_id|>")}
-    new_tokens, _ = generate(jax_weights(state_dict, DTYPES[args.dtype]), config, tokens, args.max_new_tokens, stops)
+    tokenizer, rules = load_tokenizer(Path(args.checkpoint), config["vocab_size"])
+    if args.chat is None:
+        tokens = prompt_tokens(tokenizer, rules, args.prompt)
+    else:
+        prompt_tokens(tokenizer, rules, args.chat)  # refuses what this tokenizer cannot encode
+        tokens = chat_prompt_ids(rules, tokenizer, args.chat)
+    weights = jax_weights(state_dict, DTYPES[args.dtype])
+    new_tokens, _ = generate_greedily(weights, config, tokens, args.max_new_tokens, rules.stop_ids)
     print(f"{len(tokens)} prompt tokens, {len(new_tokens)} new: {new_tokens}")
-    print(args.prompt + tokenizer.decode(new_tokens))
+    text = tokenizer.decode([token for token in new_tokens if token not in rules.stop_ids])
+    print(text if args.chat is not None else args.prompt + text)
+    ending = new_tokens[-1:] if new_tokens[-1:] and new_tokens[-1] in rules.stop_ids else None
+    print(f"(ended by {tokenizer.decode(ending)})" if ending else f"(ended at the limit of {args.max_new_tokens} tokens)")
 
 
 # ------------------------------------------------------------------ training, as train_llama3_from_scratch.ipynb does
 
-TRAIN_DEFAULTS = {"steps": 3000, "seed": 1337, "dim": 192, "layers": 4, "heads": 6, "kv_heads": 2, "batch_size": 16,
-                  "block_size": 64, "lr": 0.002, "eval_interval": 250, "eval_iters": 20}
-WEIGHT_DECAY, BETAS, GRAD_CLIP, INIT_STD, TRAIN_FRACTION = 0.1, (0.9, 0.99), 1.0, 0.02, 0.9
-N_SPECIAL_TOKENS = 256  # the notebook's tokenizer: learned ranks, then 256 special tokens
-
-
-def training_params(settings: dict, vocab_size: int) -> dict:
-    """The params.json the notebook writes for these model settings."""
-    return {"dim": settings["dim"], "n_layers": settings["layers"], "n_heads": settings["heads"],
-            "n_kv_heads": settings["kv_heads"], "vocab_size": vocab_size, "multiple_of": 32, "ffn_dim_multiplier": 1.0,
-            "norm_eps": 1e-5, "rope_theta": 10000.0, "use_scaled_rope": False}
+JAX_SETTINGS = tuple(name for name in TRAINING_SETTINGS if name != "merges")  # the tokenizer is the notebook's
 
 
 def initial_weights(config: dict, seed: int) -> dict:
-    """normal(0, 0.02) for every matrix and the embedding, ones for the norm gains (as the notebook does)."""
+    """normal(0, init_std) for every matrix and the embedding, ones for the norm gains (as the notebook does)."""
     shapes = checkpoint_shapes(config)
     keys = jax.random.split(jax.random.key(seed), len(shapes))
-    return {name: jnp.ones(shape) if len(shape) == 1 else INIT_STD * jax.random.normal(key, shape)
+    return {name: jnp.ones(shape) if len(shape) == 1 else TRAINING.init_std * jax.random.normal(key, shape)
             for key, (name, shape) in zip(keys, shapes.items())}
 
 
@@ -243,12 +251,14 @@ def loss_fn(weights: dict, inputs, targets, rotations, config: dict):
 def make_optimizer(peak_lr: float, steps: int):
     """AdamW (decay on matrices only) after clipping the gradients' global norm; the notebook's get_lr:
     linear warm-up from peak/warmup over max(1, steps // 20) steps, then cosine down to peak / 10."""
-    warmup = max(1, steps // 20)
+    warmup = max(1, steps // TRAINING.warmup_divisor)
     schedule = optax.join_schedules([optax.linear_schedule(peak_lr / warmup, peak_lr, warmup - 1),
-                                     optax.cosine_decay_schedule(peak_lr, max(1, steps - warmup), alpha=0.1)], [warmup])
-    adamw = optax.adamw(schedule, b1=BETAS[0], b2=BETAS[1], eps=1e-8, weight_decay=WEIGHT_DECAY,
+                                     optax.cosine_decay_schedule(peak_lr, max(1, steps - warmup),
+                                                                 alpha=TRAINING.final_lr_ratio)], [warmup])
+    adamw = optax.adamw(schedule, b1=TRAINING.betas[0], b2=TRAINING.betas[1], eps=1e-8,
+                        weight_decay=TRAINING.weight_decay,
                         mask=lambda weights: {name: value.ndim >= 2 for name, value in weights.items()})
-    return optax.chain(optax.clip_by_global_norm(GRAD_CLIP), adamw)
+    return optax.chain(optax.clip_by_global_norm(TRAINING.grad_clip), adamw)
 
 
 def make_train_step(config: dict, optimizer, devices):
@@ -267,13 +277,18 @@ def make_train_step(config: dict, optimizer, devices):
 
 
 def train(args, time_budget: float = None) -> list:
-    """Train from scratch, evaluating and saving every eval_interval steps, at the end and once time_budget seconds
-    of training are spent. Returns [(step, training seconds, train loss, val loss)] of each evaluation."""
+    """Train from scratch, evaluating every eval_interval steps, at the end and once time_budget seconds of
+    training are spent, and keeping the checkpoint of the lowest validation loss so far (an evaluation that does
+    not improve on it saves nothing: the small model overfits Tiny Shakespeare late in the run). The folder may
+    be new, or one that either trainer wrote. Returns [(step, training seconds, train loss, val loss)] of each
+    evaluation."""
     out, tokenizer_file, text = Path(args.out), Path(args.tokenizer), Path(args.data).read_text()
-    check_output_folder(out, lambda source: source.get("trainer") == "llama3_jax.py",
-                        "a checkpoint trained by llama3_jax.py")
-    tokenizer = load_tokenizer(tokenizer_file, len(tokenizer_file.read_text().splitlines()) + N_SPECIAL_TOKENS)
-    split_at, bos_id = int(TRAIN_FRACTION * len(text)), tokenizer.encode_single_token("<|begin_of_text|>")
+    check_output_folder(out, is_trained_source, TRAINED_BY)
+    ranks = read_ranks(tokenizer_file)
+    rules = llama3_tokenizer_rules(len(ranks), len(ranks) + N_SPECIAL_TOKENS)  # the notebook's: Llama 3's rules
+    tokenizer = tiktoken.Encoding(name=out.name, pat_str=rules.split_pattern, mergeable_ranks=ranks,
+                                  special_tokens=rules.special_tokens)
+    split_at, bos_id = int(TRAINING.train_fraction * len(text)), rules.bos_id
     ids = {split: np.array(tokenizer.encode(part, disallowed_special=()))
            for split, part in [("train", text[:split_at]), ("val", text[split_at:])]}
 
@@ -288,11 +303,12 @@ def train(args, time_budget: float = None) -> list:
 
     params = training_params(vars(args), tokenizer.n_vocab)
     config, optimizer = model_config(params), make_optimizer(args.lr, args.steps)
-    rotations, evaluate = rope_rotations(config, args.block_size), jax.jit(partial(loss_fn, config=config))
+    rotations = rope_rotations_at(config, np.arange(args.block_size))
+    evaluate = jax.jit(partial(loss_fn, config=config))
     train_step, replicated = make_train_step(config, optimizer, jax.devices())
     weights = jax.device_put(initial_weights(config, args.seed), replicated)
     optimizer_state = jax.device_put(optimizer.init(weights), replicated)
-    rng, history, seconds = np.random.default_rng(args.seed), [], 0.0
+    rng, history, seconds, best_val = np.random.default_rng(args.seed), [], 0.0, math.inf
     for step in (progress := tqdm(range(1, args.steps + 1), desc="training", unit="step", mininterval=1)):
         started = time.perf_counter()
         weights, optimizer_state, loss = train_step(weights, optimizer_state, *batch("train", rng), rotations)
@@ -304,16 +320,19 @@ def train(args, time_budget: float = None) -> list:
             losses = {split: mean_loss(split) for split in ids}
             history.append((step, seconds, losses["train"], losses["val"]))
             losses["val_nats_per_character"] = losses["val"] * len(ids["val"]) / (len(text) - split_at)
-            source = {"kind": "trained", "model": "tiny-shakespeare", "trainer": "llama3_jax.py", "step": step,
-                      "steps": args.steps, "losses": losses, "train_seconds": round(seconds, 1),
-                      "devices": jax.device_count()}
-            with staged_build(out, source) as staging:  # Meta's layout; checkpoint_folder.py writes source.json last
-                (staging / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-                (staging / "tokenizer.model").write_bytes(tokenizer_file.read_bytes())
-                torch.save({name: torch.from_numpy(np.array(value, np.float32)).bfloat16()
-                            for name, value in weights.items()}, staging / "consolidated.00.pth")
+            if improved := losses["val"] < best_val:
+                best_val = losses["val"]
+                source = {"kind": TRAINED_KIND, "model": "tiny-shakespeare", "trainer": "llama3_jax.py", "step": step,
+                          "steps": args.steps, "kept": "the lowest validation loss of the run's evaluations",
+                          "losses": losses, "train_seconds": round(seconds, 1), "devices": jax.device_count()}
+                with staged_build(out, source) as staging:  # Meta's layout; checkpoint_folder writes source.json last
+                    (staging / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+                    (staging / "tokenizer.model").write_bytes(tokenizer_file.read_bytes())
+                    torch.save({name: torch.from_numpy(np.array(value, np.float32)).bfloat16()
+                                for name, value in weights.items()}, staging / "consolidated.00.pth")
             progress.write(f"step {step}: train {losses['train']:.3f}, val {losses['val']:.3f} nats/token "
-                           f"({losses['val_nats_per_character']:.3f} per character), {seconds:.0f} s")
+                           f"({losses['val_nats_per_character']:.3f} per character), {seconds:.0f} s"
+                           + (", saved" if improved else ", not saved (validation did not improve)"))
         if out_of_time:
             break
     return history
@@ -327,7 +346,9 @@ def parse_args(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="continue a prompt greedily with a Meta-layout checkpoint")
     gen.add_argument("--checkpoint", required=True, help="folder of params.json, tokenizer.model, consolidated.00.pth")
-    gen.add_argument("--prompt", default=DEFAULT_PROMPT)
+    gen.add_argument("--prompt", default=DEFAULT_PROMPT, help="the text to continue")
+    gen.add_argument("--chat", metavar="MESSAGE", help="answer this message instead, in the folder's chat format "
+                     "(Llama 3's headers, or ChatML for SmolLM2): for Instruct models")
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="bfloat16 computes as Meta's code does")
     gen.add_argument("--rope-scale-factor", type=float, default=os.environ.get("LLAMA3_ROPE_SCALE_FACTOR") or None,
@@ -337,16 +358,17 @@ def parse_args(argv=None):
     tr.add_argument("--data", default="data/tinyshakespeare.txt")
     tr.add_argument("--tokenizer", default="checkpoints/tiny-shakespeare/tokenizer.model",
                     help="the tokenizer.model that train_llama3_from_scratch.ipynb writes")
-    for name, value in TRAIN_DEFAULTS.items():
+    for name in JAX_SETTINGS:
+        value = getattr(TRAINING, name)
         tr.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
     args = parser.parse_args(argv)
     problems = [f"--{name.replace('_', '-')} {value} must be {'at least 1' if type(value) is int else 'positive'}"
                 for name, value in vars(args).items()  # every number but the seed
                 if type(value) in (int, float) and name != "seed" and not 0 < value < np.inf]
     if args.command == "train":
-        if min(args.heads, args.kv_heads) > 0 and (args.dim % args.heads or args.heads % args.kv_heads):
-            problems.append(f"--dim {args.dim} must split evenly into --heads {args.heads}, and those into "
-                            f"--kv-heads {args.kv_heads}")
+        if min(args.dim, args.heads, args.kv_heads) > 0 and head_split_problem(args.dim, args.heads, args.kv_heads):
+            problems.append(f"--dim {args.dim} must split evenly into --heads {args.heads} of an even width, and "
+                            f"those into --kv-heads {args.kv_heads}")
         if args.batch_size % jax.device_count():
             problems.append(f"--batch-size {args.batch_size} must split evenly over the {jax.device_count()} "
                             "devices JAX sees")

@@ -38,7 +38,7 @@ for _ in range({n_warmup} + {n_timed}):
     _, _loss = model(_inputs, _targets)
     optimizer.zero_grad(set_to_none=True)
     _loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), TRAINING.grad_clip)
     optimizer.step()
     _loss.item()
     _seconds.append(_time.perf_counter() - _started)
@@ -66,7 +66,7 @@ def jax_run(args, scratch: Path, batch) -> dict:
     weights = jax.device_put(llama3_jax.initial_weights(config, train_args.seed), replicated)
     state = jax.device_put(optimizer.init(weights), replicated)
     inputs, targets = (np.asarray(tensor.cpu().numpy(), np.int32) for tensor in batch)
-    rotations = llama3_jax.rope_rotations(config, inputs.shape[1])
+    rotations = llama3_jax.rope_rotations_at(config, np.arange(inputs.shape[1]))
     seconds = []
     for _ in range(N_WARMUP + args.timed_steps):
         started = time.perf_counter()

@@ -36,12 +36,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 peer_config = LlamaConfig(
     vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-    num_key_value_heads=n_kv_heads, head_dim=head_dim, intermediate_size=ffn_dim, hidden_act="silu",
+    num_key_value_heads=n_kv_heads, head_dim=model_args.head_dim, intermediate_size=model_args.ffn_dim, hidden_act="silu",
     rms_norm_eps=params["norm_eps"], rope_theta=params["rope_theta"], max_position_embeddings=block_size,
     tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
 peer = LlamaForCausalLM(peer_config).to(device).train()
 assert sum(p.numel() for p in peer.parameters()) == sum(p.numel() for p in model.parameters())
-peer_optimizer = torch.optim.AdamW(peer.parameters(), lr=peak_lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
+peer_optimizer = torch.optim.AdamW(peer.parameters(), lr=peak_lr, betas=TRAINING.betas, weight_decay=TRAINING.weight_decay)
 timed_inputs, timed_targets = get_batch("train")
 
 
@@ -49,7 +49,7 @@ def our_step():
     _, loss = model(timed_inputs, timed_targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), TRAINING.grad_clip)
     optimizer.step()
 
 
@@ -58,7 +58,7 @@ def peer_step():
     loss = F.cross_entropy(logits.float().view(-1, vocab_size), timed_targets.reshape(-1))
     peer_optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(peer.parameters(), GRAD_CLIP)
+    torch.nn.utils.clip_grad_norm_(peer.parameters(), TRAINING.grad_clip)
     peer_optimizer.step()
 
 

@@ -8,6 +8,7 @@ builder and the tests all derive their tensors from checkpoint_shapes(params) be
 from pathlib import Path
 
 from llama3_support.checkpoint_folder import CheckpointError
+from llama3_support.vocabulary import ffn_hidden_dim
 
 # params.json of meta-llama/Meta-Llama-3-8B, byte for byte.
 META_LLAMA3_8B_PARAMS_JSON = (
@@ -15,15 +16,6 @@ META_LLAMA3_8B_PARAMS_JSON = (
     '"multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}'
 )
 META_LLAMA3_8B = "Meta-Llama-3-8B"
-
-
-def ffn_hidden_dim(params: dict) -> int:
-    """SwiGLU width: 2/3 of 4*dim, times ffn_dim_multiplier, rounded up to multiple_of."""
-    hidden = int(2 * 4 * params["dim"] / 3)
-    if params.get("ffn_dim_multiplier") is not None:
-        hidden = int(params["ffn_dim_multiplier"] * hidden)
-    multiple_of = params["multiple_of"]
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
 def layer_shapes(params: dict) -> dict:

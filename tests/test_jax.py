@@ -13,6 +13,7 @@ with strict=True.
 
 import functools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 
 import llama3_jax  # noqa: E402
 from checkpoints import write_checkpoint  # noqa: E402
+from llama3_support.shards import write_sharded_copy  # noqa: E402
 from fidelity_cases import CHECKPOINTS, logit_terms  # noqa: E402
 from reference import load_reference, reference_greedy_generation, reference_logits  # noqa: E402
 from rounding import assert_within_rounding, largest_difference, rounding_tolerance  # noqa: E402
@@ -52,11 +54,12 @@ def meta_prompt_ids(folder: Path, text: str) -> list:
 
 def jax_last_logits(folder: Path, text: str, dtype: str, rope_scale_factor=None) -> np.ndarray:
     config, state_dict = llama3_jax.read_checkpoint(folder, rope_scale_factor)
-    tokenizer = llama3_jax.load_tokenizer(folder / "tokenizer.model", config["vocab_size"])
-    tokens = llama3_jax.prompt_tokens(tokenizer, text)
+    tokenizer, rules = llama3_jax.load_tokenizer(folder, config["vocab_size"])
+    tokens = llama3_jax.prompt_tokens(tokenizer, rules, text)
     assert tokens == meta_prompt_ids(folder, text)
     weights = llama3_jax.jax_weights(state_dict, llama3_jax.DTYPES[dtype])
-    logits = llama3_jax.forward(weights, jnp.asarray([tokens]), llama3_jax.rope_rotations(config, len(tokens)), config)
+    rotations = llama3_jax.rope_rotations_at(config, np.arange(len(tokens)))
+    logits = llama3_jax.forward(weights, jnp.asarray([tokens]), rotations, config)
     return torch.from_numpy(np.array(logits[0, -1]))
 
 
@@ -122,13 +125,27 @@ def test_greedy_generation_with_the_cache_equals_metas_incremental_decoding(jax_
     meta = reference_greedy_generation(load_reference(folder, len(tokens) + NEW_TOKENS, dtype=torch.float32),
                                        torch.tensor(tokens), NEW_TOKENS)
     config, state_dict = llama3_jax.read_checkpoint(folder)
-    ours, step_logits = llama3_jax.generate(llama3_jax.jax_weights(state_dict, jnp.float32), config, tokens, NEW_TOKENS)
+    ours, step_logits = llama3_jax.generate_greedily(llama3_jax.jax_weights(state_dict, jnp.float32), config, tokens,
+                                                     NEW_TOKENS)
     assert ours == meta
     assert step_logits.shape == (NEW_TOKENS, config["vocab_size"])
     # the command line prints the same continuation
     assert llama3_jax.main(["generate", "--checkpoint", str(folder), "--dtype", "float32",
                             "--max-new-tokens", str(NEW_TOKENS)]) == 0
     assert f"new: {meta}" in capsys.readouterr().out
+
+
+def test_a_sharded_folder_gives_exactly_the_logits_of_its_single_file_original(jax_dir, capsys):
+    """Meta's 70B comes as 8 files, one per model-parallel rank; read through llama3_support/shards.py, a split
+    holds the very weights of the file it was split from, so JAX computes the very same logits on it."""
+    params, seed = CHECKPOINTS["mha-hd16"]  # 16 key/value heads: 2 per file
+    original = write_checkpoint(jax_dir / "split-original", params, seed=seed)
+    sharded = write_sharded_copy(original, jax_dir / "split-over-8", 8)
+    for dtype in ("float32", "bfloat16"):
+        on_split = jax_last_logits(sharded, llama3_jax.DEFAULT_PROMPT, dtype)
+        assert torch.equal(on_split, jax_last_logits(original, llama3_jax.DEFAULT_PROMPT, dtype)), dtype
+    assert llama3_jax.main(["generate", "--checkpoint", str(sharded), "--max-new-tokens", "2"]) == 0
+    assert "2 new:" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ bad settings stop early, with a clear message
@@ -148,7 +165,8 @@ def test_a_missing_or_unsupported_checkpoint_is_refused(tmp_path, llama32_tied, 
         (unnamed / name).symlink_to(llama32_tied / name)
     assert "--rope-scale-factor 8 or 32" in refused(["generate", "--checkpoint", str(unnamed)], capsys)
     (unnamed / "consolidated.01.pth").symlink_to(llama32_tied / "consolidated.00.pth")
-    assert "split over several" in refused(["generate", "--checkpoint", str(unnamed)], capsys)
+    assert "every file holds the whole tensor, not 1/2 of it" in refused(
+        ["generate", "--checkpoint", str(unnamed), "--rope-scale-factor", "32"], capsys)
     assert "at least 1" in refused(["generate", "--checkpoint", str(llama32_tied), "--max-new-tokens", "0"], capsys)
 
 
@@ -182,7 +200,8 @@ for precision, dtype in [("float32", torch.float32), ("float64", torch.float64)]
             else contextlib.nullcontext())
     with wide:
         model.to(dtype).zero_grad()
-        model.rope_rotations = rotations if dtype == torch.float32 else rope_rotations_for(rotations.shape[0])
+        model.rope_rotations = (rotations if dtype == torch.float32
+                                else model.rope_rotations_for(torch.arange(rotations.shape[0])))
         logits, loss = model(inputs, targets)
         loss.backward()
     results[precision] = {"loss": loss.item(), "grads": {name: p.grad.clone() for name, p in model.named_parameters()}}
@@ -204,7 +223,7 @@ def test_loss_and_every_gradient_equal_the_notebooks(notebook_step):
     config = llama3_jax.model_config(params)
     weights = {name: jnp.asarray(tensor.float().numpy()) for name, tensor in notebook_step["state_dict"].items()}
     inputs, targets = (jnp.asarray(notebook_step[name].numpy()) for name in ("inputs", "targets"))
-    rotations = llama3_jax.rope_rotations(config, inputs.shape[1])
+    rotations = llama3_jax.rope_rotations_at(config, np.arange(inputs.shape[1]))
     loss, grads = jax.value_and_grad(llama3_jax.loss_fn)(weights, inputs, targets, rotations, config)
     torch32, torch64 = notebook_step["float32"], notebook_step["float64"]
     assert torch64["grads"]["norm.weight"].dtype == torch.float64
@@ -228,7 +247,7 @@ config = lj.model_config(lj.training_params({settings}, 320))
 optimizer = lj.make_optimizer({lr}, 10)
 rng = np.random.default_rng(0)
 inputs, targets = (rng.integers(0, 320, (8, 32)).astype(np.int32) for _ in range(2))
-rotations = lj.rope_rotations(config, 32)
+rotations = lj.rope_rotations_at(config, np.arange(32))
 after = []
 for devices in (jax.devices()[:1], jax.devices()):
     step, replicated = lj.make_train_step(config, optimizer, devices)
@@ -272,3 +291,18 @@ def test_trained_checkpoint_loads_into_metas_reference_strictly(notebook_step, j
     tokens = torch.tensor(meta_prompt_ids(out, "ROMEO:"))
     assert reference_logits(model, tokens).shape == (len(tokens), config["vocab_size"])
     assert llama3_jax.main(argv) == 0  # its own folder: written over
+
+
+def test_each_trainer_writes_over_a_folder_the_other_trained(notebook_step, jax_dir):
+    from training_runner import run_training_notebook
+
+    notebook_trained = jax_dir / "notebook-trained"
+    shutil.copytree(notebook_step["folder"], notebook_trained)
+    argv = ["train", "--out", str(notebook_trained), "--tokenizer", str(notebook_step["folder"] / "tokenizer.model")]
+    assert llama3_jax.main(argv + [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]) == 0
+    assert json.loads((notebook_trained / "source.json").read_text())["trainer"] == "llama3_jax.py"
+    run_training_notebook(notebook_trained, NOTEBOOK_SETTINGS | {"LLAMA3_TRAIN_STEPS": "1"})
+    source = json.loads((notebook_trained / "source.json").read_text())
+    assert source["trainer"] == "train_llama3_from_scratch.ipynb" and source["step"] == 1
+    assert sorted(path.name for path in notebook_trained.iterdir()) == sorted(
+        ["params.json", "tokenizer.model", "consolidated.00.pth", "source.json"])

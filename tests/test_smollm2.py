@@ -35,7 +35,7 @@ import download_weights
 from llama3_support import smollm2_checkpoint
 from llama3_support.meta_layout import ffn_hidden_dim
 from reference import load_reference, reference_decoding, reference_logits
-from rounding import assert_within_rounding, rounding_tolerance
+from rounding import assert_within_rounding, decided, rounding_tolerance
 from test_hf_peer import META_TO_HF_LAYER_NAMES, interleaved_to_half_split
 
 if importlib.util.find_spec(smollm2_checkpoint.PACKAGE_MODULE) is None:
@@ -388,3 +388,67 @@ def test_a_file_of_another_architecture_stops_before_writing(monkeypatch, tmp_pa
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "general.architecture = 'qwen2'" in error and "'llama'" in error
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- llama3_jax.py on the converted folder
+
+
+@pytest.fixture(scope="session")
+def jax_on_smollm2(smollm2_folder):
+    """llama3_jax.py's configuration, tokenizer, rules and float32 weights for the converted folder."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    import llama3_jax
+
+    config, state_dict = llama3_jax.read_checkpoint(smollm2_folder)
+    tokenizer, rules = llama3_jax.load_tokenizer(smollm2_folder, config["vocab_size"])
+    return {"config": config, "tokenizer": tokenizer, "rules": rules,
+            "weights": llama3_jax.jax_weights(state_dict, jnp.float32)}
+
+
+def test_jax_continues_the_capital_of_france_with_paris_within_rounding(smollm2_folder, jax_on_smollm2, meta_models,
+                                                                          prompts, capsys):
+    import llama3_jax
+
+    config, tokenizer, rules = (jax_on_smollm2[name] for name in ("config", "tokenizer", "rules"))
+    tokens = llama3_jax.prompt_tokens(tokenizer, rules, "The capital of France is")
+    assert tokens == prompts["paris"].tolist()  # the folder's split pattern, and no BOS (add_bos false)
+    ours, steps = llama3_jax.generate_greedily(jax_on_smollm2["weights"], config, tokens, 4, rules.stop_ids)
+    assert ours[0] == 7042 and tokenizer.decode(ours[:1]) == PARIS
+    steps = torch.tensor(steps)
+    with torch.no_grad():  # Meta's float32 and float64 fed the tokens JAX chose, step by step
+        _, meta = reference_decoding(meta_models[torch.float32], prompts["paris"], len(ours), fed_tokens=ours)
+        _, truth = reference_decoding(meta_models[torch.float64], prompts["paris"], len(ours), fed_tokens=ours)
+    tolerance = rounding_tolerance(meta, truth, torch.float32, terms(smollm2_folder))
+    assert_within_rounding(steps, truth, tolerance, "jax float32 - Meta float64, 'The capital of France is'")
+    assert decided(truth[:1], steps[:1], meta[:1]).all() and int(truth[0].argmax()) == 7042
+    # the command line: the folder's own tokenizer, bf16 as the file stores it
+    assert llama3_jax.main(["generate", "--checkpoint", str(smollm2_folder), "--prompt", "The capital of France is",
+                            "--max-new-tokens", "1"]) == 0
+    assert "new: [7042]" in capsys.readouterr().out
+
+
+def test_jax_answers_a_chatml_question_and_stops_at_im_end(smollm2_folder, jax_on_smollm2, meta_models,
+                                                           tokenizer_config, capsys):
+    import llama3_jax
+
+    config, tokenizer, rules = (jax_on_smollm2[name] for name in ("config", "tokenizer", "rules"))
+    question = "What is the capital of Japan?"
+    tokens = llama3_jax.chat_prompt_ids(rules, tokenizer, question)
+    system = tokenizer_config["default_system_message"]
+    assert tokens == tokenizer.encode(chatml([{"role": "user", "content": question}], system), allowed_special="all")
+    ours, steps = llama3_jax.generate_greedily(jax_on_smollm2["weights"], config, tokens, NEW_TOKENS, rules.stop_ids)
+    assert ours[-1] == tokenizer_config["eos_id"] == tokenizer_config["special_tokens"]["<|im_end|>"]  # its own end
+    assert "Tokyo" in tokenizer.decode(ours)
+    with torch.no_grad():
+        _, meta = reference_decoding(meta_models[torch.float32], torch.tensor(tokens), len(ours), fed_tokens=ours)
+        _, truth = reference_decoding(meta_models[torch.float64], torch.tensor(tokens), len(ours), fed_tokens=ours)
+    steps = torch.tensor(steps)
+    assert_within_rounding(steps, truth, rounding_tolerance(meta, truth, torch.float32, terms(smollm2_folder)),
+                           "jax float32 - Meta float64, ChatML")
+    assert decided(truth, steps, meta).all() and truth.argmax(dim=-1).tolist() == ours  # every choice clear of rounding
+    assert llama3_jax.main(["generate", "--checkpoint", str(smollm2_folder), "--chat", question, "--dtype", "float32",
+                            "--max-new-tokens", str(NEW_TOKENS)]) == 0
+    printed = capsys.readouterr().out
+    assert f"new: {ours}" in printed and "(ended by <|im_end|>)" in printed

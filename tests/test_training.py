@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from nbclient.exceptions import CellExecutionError
 
+from llama3_support.checkpoint_folder import STAGING
 from notebook_runner import run_notebook
 from reference import load_reference, reference_decoding, reference_logits
 from rounding import assert_within_rounding, rounding_tolerance
@@ -45,7 +46,7 @@ model.zero_grad(set_to_none=True)
 check_inputs, check_targets = get_batch("val", torch.Generator().manual_seed(0))
 check_logits, check_loss = model(check_inputs, check_targets)
 check_loss.backward()
-file_model = Transformer().to(device)
+file_model = Transformer(model_args).to(device)
 file_model.load_state_dict({name: tensor.float() for name, tensor in
                             torch.load(out_dir / "consolidated.00.pth", weights_only=True).items()}, strict=True)
 with torch.no_grad():
@@ -82,6 +83,10 @@ def test_training_lowers_the_validation_loss_below_the_bound(trained):
     source = json.loads((folder / "source.json").read_text())
     assert source["kind"] == "trained" and source["model"] == "tiny-shakespeare"
     assert source["step"] == source["steps"] == 150
+    assert source["trainer"] == "train_llama3_from_scratch.ipynb"
+    # the folder holds the evaluation of the lowest validation loss (here the last, as the loss still falls)
+    best_step, _, _, best_val = min(results["history"], key=lambda evaluation: evaluation[3])
+    assert (source["step"], source["losses"]["val"]) == (best_step, best_val)
     assert source["data"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
     assert results["initial_loss"] == pytest.approx(math.log(results["vocab_size"]), abs=0.3)
     first_val, last_val = results["history"][0][3], results["history"][-1][3]
@@ -102,6 +107,7 @@ def test_checkpoint_is_in_meta_layout(trained):
     assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}
     assert set(weights) == set(results["weights"])
     assert not list(folder.glob("*.partial"))
+    assert not (folder / STAGING).exists()  # staged_build's unfinished files are gone
 
 
 def hugging_face_model(weights: dict, params: dict, dtype: torch.dtype):
@@ -228,8 +234,9 @@ def test_refuses_a_folder_that_it_did_not_write(tmp_path):
     folder = tmp_path / "downloaded"
     folder.mkdir()
     (folder / "params.json").write_text('{"dim": 4096}')
-    with pytest.raises(CellExecutionError, match="FileExistsError"):
+    with pytest.raises(CellExecutionError, match="CheckpointError") as error:
         run_training_notebook(folder, TINY_SETTINGS)
+    assert "left untouched" in str(error.value) and "LLAMA3_TRAIN_OUT" in str(error.value)
     assert [path.name for path in folder.iterdir()] == ["params.json"]
     assert (folder / "params.json").read_text() == '{"dim": 4096}'
 
@@ -237,7 +244,10 @@ def test_refuses_a_folder_that_it_did_not_write(tmp_path):
 def test_writes_over_its_own_interrupted_first_save(tmp_path):
     folder = tmp_path / "interrupted"
     folder.mkdir()
-    (folder / "consolidated.00.pth.partial").write_bytes(b"half a file")  # what a run stopped while saving leaves
+    # what a run killed while saving its first checkpoint leaves: staged_build's folder, marked as the notebook's
+    (folder / STAGING).mkdir()
+    (folder / STAGING / "source.json").write_text(json.dumps({"kind": "trained", "model": "tiny-shakespeare"}))
+    (folder / STAGING / "consolidated.00.pth").write_bytes(b"half a file")
     run_training_notebook(folder, {**TINY_SETTINGS, "LLAMA3_TRAIN_STEPS": "5"})
     assert sorted(path.name for path in folder.iterdir()) == sorted(
         ["params.json", "tokenizer.model", "consolidated.00.pth", "source.json"])
