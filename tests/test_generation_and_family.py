@@ -513,6 +513,7 @@ def tiny_state_dict() -> dict:
 
 
 def sharded(tiny, folder):
+    """Two files that are both the whole model: copies, not Meta's slices of it."""
     copy_of(tiny, folder)
     os.symlink(tiny / "consolidated.00.pth", folder / "consolidated.01.pth")
     return folder
@@ -546,19 +547,19 @@ def feed_forward_of_another_width(tiny, folder):
     return copy_of(tiny, folder, state_dict=state_dict)
 
 
-# id: (how the folder is made, a line of the cell that must stop, what the message must say)
+# id: (how the folder is made, the check that must stop it, what the message must say)
 REFUSED = {
-    "sharded": (sharded, 'raise ValueError(f"{folder} holds a checkpoint split over several',
-                ["split over several consolidated.*.pth files", "single-file checkpoints"]),
-    "vision-params": (vision, "unsupported = sorted(set(params) - set(PARAM_TYPES))",
+    "sharded-copies": (sharded, "in load_sharded_weights",
+                       ["every file holds the whole tensor, not 1/2 of it, so the 2 files are copies"]),
+    "vision-params": (vision, "in check_params",
                       ["vision_chunk_size", "a vision model", "Point LLAMA3_DIR at one of those"]),
-    "unknown-tensor": (unknown_tensor, "unknown, absent = sorted(set(state_dict) - set(expected))",
+    "unknown-tensor": (unknown_tensor, "in check_tensors",
                        ["1 unknown ['rope.freqs']", "0 missing"]),
-    "missing-tensor": (missing_tensor, "unknown, absent = sorted(set(state_dict) - set(expected))",
+    "missing-tensor": (missing_tensor, "in check_tensors",
                        ["1 missing ['layers.1.attention.wv.weight']"]),
-    "wrong-key-rows": (wrong_key_rows, "wrong = [f\"{name} has shape",
+    "wrong-key-rows": (wrong_key_rows, "in check_tensors",
                        ["layers.1.attention.wk.weight has shape (64, 64), but params.json implies (32, 64)"]),
-    "feed-forward-width": (feed_forward_of_another_width, "wrong = [f\"{name} has shape", ["layers.1.feed_forward.w2.weight has shape"]),
+    "feed-forward-width": (feed_forward_of_another_width, "in check_tensors", ["layers.1.feed_forward.w2.weight has shape"]),
 }
 
 
@@ -572,4 +573,4 @@ def test_unsupported_checkpoint_stops_early_with_a_clear_message(case, tiny, fam
     for words in said:
         assert words in stopped.value.evalue
     traceback = re.sub(r"\x1b\[[0-9;]*m", "", stopped.value.traceback)  # without the terminal's colours
-    assert stopping_line in traceback  # the check that stopped it is the early one
+    assert stopping_line in traceback  # the check that stopped it is the early one (llama3_support/checkpoint_check.py)

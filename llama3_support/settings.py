@@ -1,0 +1,75 @@
+"""The walkthrough's settings: LLAMA3_* environment variables, each read and checked before any file is touched.
+
+A typo stops the notebook at once, with the accepted values, rather than after a forward pass that takes
+minutes on the 8B. The table of every setting is the last section of llama3_from_scratch.ipynb.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
+DEFAULT_CHAT = "What is the answer to the ultimate question of life, the universe, and everything?"
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def setting(name: str, default: str, convert=str, is_valid=lambda value: True, accepted: str = "") -> object:
+    """LLAMA3_<name> from the environment (or default), converted; a value that does not fit stops here."""
+    text = os.environ.get(f"LLAMA3_{name}", default)
+    try:
+        value = convert(text)
+        fits = is_valid(value)
+    except (ValueError, KeyError, RuntimeError):
+        fits = False
+    if not fits:
+        raise ValueError(f"LLAMA3_{name}={text!r} is not accepted: use {accepted}.")
+    return value
+
+
+def best_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def device_is_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    return device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
+
+
+@dataclass(frozen=True)
+class WalkthroughSettings:
+    checkpoint_dir: Path        # LLAMA3_DIR: the checkpoint folder
+    prompt: str                 # LLAMA3_PROMPT: the text to continue
+    compute_dtype: torch.dtype  # LLAMA3_DTYPE: bf16 as Meta's code computes, or float32
+    device: torch.device        # LLAMA3_DEVICE: where the arithmetic runs
+    stream: str                 # LLAMA3_STREAM: on a GPU, keep the weights there ("0"), copy each layer anew ("1"), or "auto"
+    max_new_tokens: int         # LLAMA3_MAX_NEW_TOKENS: how many tokens generation adds at most
+    temperature: float          # LLAMA3_TEMPERATURE: 0 is greedy; above 0 samples with top_p
+    top_p: float                # LLAMA3_TOP_P: the nucleus kept when sampling
+    seed: int                   # LLAMA3_SEED: the sampler's seed
+    chat_message: str           # LLAMA3_CHAT: the user's message in the chat section
+    rope_scale_factor: float    # LLAMA3_ROPE_SCALE_FACTOR: overrides the factor the model's name implies; None if unset
+
+
+def read_walkthrough_settings() -> WalkthroughSettings:
+    """Every LLAMA3_* setting of the walkthrough, converted and checked."""
+    return WalkthroughSettings(
+        checkpoint_dir=Path(setting("DIR", "checkpoints/Meta-Llama-3-8B")),
+        prompt=setting("PROMPT", DEFAULT_PROMPT),
+        compute_dtype=setting("DTYPE", "bfloat16", DTYPES.__getitem__, accepted="bfloat16 or float32"),
+        device=setting("DEVICE", best_device(), torch.device, device_is_available,
+                       f"cpu, or a device this machine has (cuda: {torch.cuda.is_available()}, "
+                       f"mps: {torch.backends.mps.is_available()})"),
+        stream=setting("STREAM", "auto", is_valid=lambda value: value in ("auto", "0", "1"), accepted="auto, 0 or 1"),
+        max_new_tokens=setting("MAX_NEW_TOKENS", "20", int, lambda n: n >= 0, "a whole number, 0 or more"),
+        temperature=setting("TEMPERATURE", "0", float, lambda t: 0 <= t < math.inf, "0 (greedy) or a positive number"),
+        top_p=setting("TOP_P", "0.9", float, lambda p: 0 < p <= 1, "a number above 0 and at most 1"),
+        seed=setting("SEED", "0", int, accepted="a whole number"),
+        chat_message=setting("CHAT", DEFAULT_CHAT),
+        rope_scale_factor=setting("ROPE_SCALE_FACTOR", "", lambda text: float(text) if text else None,
+                                  lambda factor: factor is None or 0 < factor < math.inf,
+                                  "a positive number: 8 (Llama 3.1) or 32 (Llama 3.2)"),
+    )
