@@ -210,7 +210,7 @@ def test_attention_in_blocks_of_queries_equals_attention_in_one_block(tiny):
     in_blocks = ("SCORES_BLOCK_BYTES = 4 * n_heads * n_tokens * 3\n"
                  "layer0_in_blocks = transformer_layer(token_embeddings, 0)\n"
                  "SCORES_BLOCK_BYTES, compute_dtype = 64 * 2**20, torch.float64\n"
-                 "weight.compute_dtype = torch.float64\n"
+                 "weight = DeviceWeights(state_dict, device, torch.float64)\n"
                  "from unittest import mock\n"
                  "with mock.patch.object(torch.Tensor, 'float', torch.Tensor.double):\n"
                  "    layer0_float64 = transformer_layer(token_embeddings.double(), 0)")
