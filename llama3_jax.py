@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CheckpointError, check_output_folder, read_source, staged_build
 from llama3_support.meta_layout import checkpoint_shapes, layer_shapes
+from llama3_support.settings import DEFAULT_PROMPT  # the walkthrough's prompt, the default here too
 from llama3_support.shards import ShardedWeights, open_weights, weight_shapes
 from llama3_support.vocabulary import (N_SPECIAL_TOKENS, TRAINED_BY, TRAINED_KIND, TRAINING, TRAINING_SETTINGS,
                                        chat_prompt_ids, head_split_problem, is_trained_source, llama3_tokenizer_rules,
                                        model_name_for, params_problems, rope_scale_factor_for, scale_rope_frequencies,
                                        tokenizer_rules, training_params)
 
-DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 

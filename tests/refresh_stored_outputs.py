@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import download_weights  # noqa: E402
+from notebook_runner import NOTEBOOK_SETTINGS  # noqa: E402  (the LLAMA3_* settings a run must not inherit)
 
 WALKTHROUGH = REPO / "llama3_from_scratch.ipynb"
 SMOLLM2_COPY = REPO / "llama3_from_scratch.smollm2.ipynb"
@@ -43,9 +44,6 @@ SMOLLM2_SETTINGS = {
 PICTURES = {"attention_smollm2.png": "attention probabilities of each head",
             "logit_lens_smollm2.png": "logit lens at the last position"}
 QUIET_PROGRESS = {"TQDM_MININTERVAL": "30"}  # a stored progress bar: its first and last state, not every redraw
-NOTEBOOK_SETTINGS = ("LLAMA3_DIR", "LLAMA3_PROMPT", "LLAMA3_DTYPE", "LLAMA3_DEVICE", "LLAMA3_STREAM",
-                     "LLAMA3_MAX_NEW_TOKENS", "LLAMA3_TEMPERATURE", "LLAMA3_TOP_P", "LLAMA3_SEED", "LLAMA3_CHAT",
-                     "LLAMA3_ROPE_SCALE_FACTOR")
 
 
 def is_ignored(cell) -> bool:
