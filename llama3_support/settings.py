@@ -13,6 +13,9 @@ import torch
 
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
 DEFAULT_CHAT = "What is the answer to the ultimate question of life, the universe, and everything?"
+# the prompt of the stored SmolLM2 run: long enough, with words that repeat, for its heads' patterns to show
+SMOLLM2_PROMPT = ("The capital of Germany is Berlin. The capital of Italy is Rome. The capital of Spain is Madrid. "
+                  "The capital of France is")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
