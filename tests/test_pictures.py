@@ -135,7 +135,8 @@ def lens_truth(folder, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     """Meta's Transformer: the final norm and output projection applied to each layer's output, [layers, n, vocab]."""
     model = load_reference(folder, len(tokens), dtype=dtype)
     outputs = []
-    hooks = [layer.register_forward_hook(lambda module, inputs, output: outputs.append(output)) for layer in model.layers]
+    hooks = [layer.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+             for layer in model.layers]
     with torch.no_grad(), (float_means_double() if dtype == torch.float64 else contextlib.nullcontext()):
         model(tokens.view(1, -1), 0)
         lens = torch.stack([model.output(model.norm(output[0])).to(dtype) for output in outputs])
