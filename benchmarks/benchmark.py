@@ -31,7 +31,8 @@ What the columns mean
 - peak GPU: torch.cuda.max_memory_reserved in the kernel after the notebook's cells (the caching
   allocator's peak; the CUDA context, a few hundred MB, comes on top).
 - H2D copy s, loop / copy: copying every layer's weights from the mapped checkpoint to the GPU once, one
-  tensor at a time (median, same kernel), and a pass over all layers relative to it.
+  tensor at a time (median, same kernel), and a pass over all layers relative to it. The JSON also holds
+  copy_all_seconds: every tensor of the checkpoint (the embedding and output projection too) copied once.
 - page cache: cold = the checkpoint's clean pages dropped (posix_fadvise DONTNEED) before the kernel
   starts; warm = the whole file read into the page cache first (if it was not already). The percentage
   is the part of the file resident at the start, measured with mincore: pages another process has
@@ -210,7 +211,8 @@ def run_notebook_measured(checkpoint: Path, settings: dict, repeats: int, decode
         # cores kept busy by other processes meanwhile: timings are only comparable when this is near 0
         "other_processes_cores": max(0.0, other_ticks / os.sysconf("SC_CLK_TCK") / wall),
     }
-    for name in ("loop_seconds", "decode_seconds_per_token", "copy_seconds", "copy_bytes", "meta_forward_seconds",
+    for name in ("loop_seconds", "decode_seconds_per_token", "copy_seconds", "copy_bytes", "copy_all_seconds",
+                 "copy_all_bytes", "meta_forward_seconds",
                  "meta_layers_seconds", "meta_decode_seconds_per_token", "loop_over_meta", "decode_over_meta",
                  "loop_over_copy", "seconds_of_every_round", "meta_layer_seconds_of_every_round"):
         row[name] = measured.get(name)
