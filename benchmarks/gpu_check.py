@@ -621,6 +621,9 @@ def main(argv=None) -> int:
         os.environ["PYTHONPATH"] = env["PYTHONPATH"]
         sys.path[:0] = [str(REPO), str(TESTS)]
         problems = tool_problems() + device_problems(device)
+        if setup.get("install", {}).get("returncode", 0) != 0:
+            problems.insert(0, f"pip could not install the wheels of {args.wheels} (its output: gpu_check.log): "
+                               + (setup["install"]["tail"].strip().splitlines() or ["no output"])[-1])
         setup["problems"] = problems
         if problems:
             (out / "setup.json").write_text(json.dumps(setup, indent=2, default=str) + "\n")
