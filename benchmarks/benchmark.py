@@ -297,17 +297,21 @@ def benchmark_checkpoint(checkpoint: Path, device: torch.device, streams, caches
                 settings["stream"] = stream
             if args.max_new_tokens is not None:
                 settings["max_new_tokens"] = args.max_new_tokens
-            if cache == "cold":
-                resident = drop_page_cache(weights_file)
-            else:
-                resident = resident_fraction(weights_file)
-                if resident < 0.99:
-                    resident = warm_page_cache(weights_file)
+            try:
+                if cache == "cold":
+                    resident = drop_page_cache(weights_file)
+                else:
+                    resident = resident_fraction(weights_file)
+                    if resident < 0.99:
+                        resident = warm_page_cache(weights_file)
+            except OSError as error:  # a sandboxed kernel may not answer mincore: the run goes on, its cache state unknown
+                print(f"note: the page cache of {weights_file} cannot be read or dropped here ({error})")
+                resident = None
             # Meta's reference keeps every weight on the device: not comparable with streaming, nor always room for it
             with_reference = stream != "1" and not args.no_reference
             repeats = args.repeats if cache == "warm" else 0  # timings of warm functions: once per stream setting
             label = (f"{checkpoint_label(checkpoint)}, {device}, LLAMA3_STREAM={stream or 'unset'}, "
-                     f"{cache} page cache ({resident:.0%} resident)")
+                     f"{cache} page cache ({percent(resident)} resident)")
             print(f"notebook{' and Meta' if with_reference and repeats else ''}: {label} ...", flush=True)
             row = run_notebook_measured(checkpoint, settings, repeats, args.decode_tokens, with_reference and bool(repeats),
                                         args.sample_ms / 1000)
@@ -316,6 +320,10 @@ def benchmark_checkpoint(checkpoint: Path, device: torch.device, streams, caches
                         "stream": stream, "page_cache": cache, "resident_at_start": resident})
             rows.append(row)
     return rows
+
+
+def percent(fraction) -> str:
+    return "unknown" if fraction is None else f"{fraction:.0%}"
 
 
 def gib(value) -> str:
@@ -343,7 +351,7 @@ def markdown_table(rows: list) -> str:
         same = row.get("same_next_token_as_meta")
         cells = [
             row["checkpoint_kind"], row["device"], row["stream"] or "",
-            f"{row['page_cache']} ({row['resident_at_start']:.0%})", f"{row['other_processes_cores']:.1f}",
+            f"{row['page_cache']} ({percent(row['resident_at_start'])})", f"{row['other_processes_cores']:.1f}",
             seconds(row["notebook_seconds"]),
             seconds(row["loop_first_seconds"]), seconds(row["loop_seconds"]), seconds(row["meta_layers_seconds"]),
             ratio(row.get("loop_over_meta")), decode, ratio(row.get("decode_over_meta")),
