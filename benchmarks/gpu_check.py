@@ -434,6 +434,9 @@ def walkthrough_step(device: str, settings: dict, env: dict, log) -> dict:
                 import torch
                 run["next_token"] = torch.load(result_path, weights_only=False)
             run["ok"] = done["returncode"] == 0 and run.get("next_token", {}).get("ok", False)
+            kept = {"0": True, "1": False}.get(stream)  # what LLAMA3_STREAM asked for on the GPU
+            if kept is not None and run.get("next_token", {}).get("weights_kept_on_device") != kept:
+                run["ok"], run["stream_not_honoured"] = False, f"LLAMA3_STREAM={stream}, yet weights kept: {not kept}"
             if not run["ok"]:
                 run["tail"] = done["tail"]
             runs[label] = run
