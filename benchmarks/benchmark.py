@@ -31,7 +31,8 @@ What the columns mean
 - peak GPU: torch.cuda.max_memory_reserved in the kernel after the notebook's cells (the caching
   allocator's peak; the CUDA context, a few hundred MB, comes on top).
 - H2D copy s, loop / copy: copying every layer's weights from the mapped checkpoint to the GPU once, one
-  tensor at a time (median, same kernel), and a pass over all layers relative to it.
+  tensor at a time (median, same kernel), and a pass over all layers relative to it. The JSON also holds
+  copy_all_seconds: every tensor of the checkpoint (the embedding and output projection too) copied once.
 - page cache: cold = the checkpoint's clean pages dropped (posix_fadvise DONTNEED) before the kernel
   starts; warm = the whole file read into the page cache first (if it was not already). The percentage
   is the part of the file resident at the start, measured with mincore: pages another process has
@@ -210,7 +211,8 @@ def run_notebook_measured(checkpoint: Path, settings: dict, repeats: int, decode
         # cores kept busy by other processes meanwhile: timings are only comparable when this is near 0
         "other_processes_cores": max(0.0, other_ticks / os.sysconf("SC_CLK_TCK") / wall),
     }
-    for name in ("loop_seconds", "decode_seconds_per_token", "copy_seconds", "copy_bytes", "meta_forward_seconds",
+    for name in ("loop_seconds", "decode_seconds_per_token", "copy_seconds", "copy_bytes", "copy_all_seconds",
+                 "copy_all_bytes", "meta_forward_seconds",
                  "meta_layers_seconds", "meta_decode_seconds_per_token", "loop_over_meta", "decode_over_meta",
                  "loop_over_copy", "seconds_of_every_round", "meta_layer_seconds_of_every_round"):
         row[name] = measured.get(name)
@@ -295,17 +297,21 @@ def benchmark_checkpoint(checkpoint: Path, device: torch.device, streams, caches
                 settings["stream"] = stream
             if args.max_new_tokens is not None:
                 settings["max_new_tokens"] = args.max_new_tokens
-            if cache == "cold":
-                resident = drop_page_cache(weights_file)
-            else:
-                resident = resident_fraction(weights_file)
-                if resident < 0.99:
-                    resident = warm_page_cache(weights_file)
+            try:
+                if cache == "cold":
+                    resident = drop_page_cache(weights_file)
+                else:
+                    resident = resident_fraction(weights_file)
+                    if resident < 0.99:
+                        resident = warm_page_cache(weights_file)
+            except OSError as error:  # a sandboxed kernel may not answer mincore: the run goes on, its cache state unknown
+                print(f"note: the page cache of {weights_file} cannot be read or dropped here ({error})")
+                resident = None
             # Meta's reference keeps every weight on the device: not comparable with streaming, nor always room for it
             with_reference = stream != "1" and not args.no_reference
             repeats = args.repeats if cache == "warm" else 0  # timings of warm functions: once per stream setting
             label = (f"{checkpoint_label(checkpoint)}, {device}, LLAMA3_STREAM={stream or 'unset'}, "
-                     f"{cache} page cache ({resident:.0%} resident)")
+                     f"{cache} page cache ({percent(resident)} resident)")
             print(f"notebook{' and Meta' if with_reference and repeats else ''}: {label} ...", flush=True)
             row = run_notebook_measured(checkpoint, settings, repeats, args.decode_tokens, with_reference and bool(repeats),
                                         args.sample_ms / 1000)
@@ -314,6 +320,10 @@ def benchmark_checkpoint(checkpoint: Path, device: torch.device, streams, caches
                         "stream": stream, "page_cache": cache, "resident_at_start": resident})
             rows.append(row)
     return rows
+
+
+def percent(fraction) -> str:
+    return "unknown" if fraction is None else f"{fraction:.0%}"
 
 
 def gib(value) -> str:
@@ -341,7 +351,7 @@ def markdown_table(rows: list) -> str:
         same = row.get("same_next_token_as_meta")
         cells = [
             row["checkpoint_kind"], row["device"], row["stream"] or "",
-            f"{row['page_cache']} ({row['resident_at_start']:.0%})", f"{row['other_processes_cores']:.1f}",
+            f"{row['page_cache']} ({percent(row['resident_at_start'])})", f"{row['other_processes_cores']:.1f}",
             seconds(row["notebook_seconds"]),
             seconds(row["loop_first_seconds"]), seconds(row["loop_seconds"]), seconds(row["meta_layers_seconds"]),
             ratio(row.get("loop_over_meta")), decode, ratio(row.get("decode_over_meta")),

@@ -2,6 +2,7 @@
 
     python benchmarks/jax_benchmark.py                       # 3000 steps or 300 s of training each
     python benchmarks/jax_benchmark.py --steps 600 --budget 60
+    python benchmarks/jax_benchmark.py --device cuda --json results.json   # the notebook on a GPU; JAX on its default device
 
 1. The notebook (train_llama3_from_scratch.ipynb, run headlessly by tests/training_runner.py) trains with the
    settings given; its history records the validation loss at every evaluation with the training seconds so far.
@@ -48,7 +49,7 @@ N_WARMUP = 3
 
 
 def notebook_run(args, scratch: Path) -> dict:
-    settings = {"LLAMA3_TRAIN_STEPS": args.steps, "LLAMA3_TRAIN_EVAL_INTERVAL": args.eval_interval, "LLAMA3_DEVICE": "cpu"}
+    settings = {"LLAMA3_TRAIN_STEPS": args.steps, "LLAMA3_TRAIN_EVAL_INTERVAL": args.eval_interval, "LLAMA3_DEVICE": args.device}
     results = scratch / "notebook.pt"
     run_training_notebook(scratch / "notebook", settings,
                           TIMING_CELL.format(n_warmup=N_WARMUP, n_timed=args.timed_steps, path=str(results)), timeout=7200)
@@ -88,6 +89,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of training each may use")
     parser.add_argument("--eval-interval", type=int, default=250)
     parser.add_argument("--timed-steps", type=int, default=50, help="steps timed on one fixed batch")
+    parser.add_argument("--device", default="cpu", help="the notebook's LLAMA3_DEVICE (default: cpu); JAX computes on its "
+                                                        "default device (JAX_PLATFORMS=cpu or cuda chooses)")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="llama3-jax-benchmark-") as scratch:
         scratch = Path(scratch)
@@ -104,6 +108,16 @@ def main(argv=None) -> int:
             print(f"{name:>8}: validation loss {reached[2]:.3f} nats/token at step {reached[0]} after {reached[1]:.0f} s of training")
         else:
             print(f"{name:>8}: no evaluation within {args.budget:g} s")
+    if args.json:
+        runs = {name: {"history": [list(row) for row in run["history"]], "step_seconds": list(run["step_seconds"]),
+                       "step_seconds_median": float(np.median(run["step_seconds"]))}
+                for name, run in [("notebook", notebook), ("jax", ours)]}
+        report = {"steps": args.steps, "budget": args.budget, "eval_interval": args.eval_interval,
+                  "notebook_device": args.device, "jax_devices": [str(device) for device in jax.devices()],
+                  "torch": torch.__version__, "jax": jax.__version__, **runs,
+                  "notebook_over_jax": float(torch_step / jax_step)}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"written to {args.json}")
     return 0
 
 

@@ -48,7 +48,12 @@ def notebook_runs(notebook: dict, decode_tokens: int) -> dict:
             for name in layer_names:
                 state_dict[name].to(device=device, dtype=compute_dtype)
 
+        def copy_all_weights():  # every tensor of the checkpoint, the embedding and the output projection too
+            for name in state_dict:
+                state_dict[name].to(device=device, dtype=compute_dtype)
+
         runs["copy"] = copy_every_layer
+        runs["copy_all"] = copy_all_weights
     return runs
 
 
@@ -141,6 +146,8 @@ def measure(notebook: dict, repeats: int, decode_tokens: int, with_reference: bo
         bytes_per_number = torch.finfo(notebook["compute_dtype"]).bits // 8
         measured["copy_bytes"] = bytes_per_number * sum(
             tensor.numel() for name, tensor in notebook["state_dict"].items() if name.startswith("layers."))
+        measured["copy_all_seconds"] = statistics.median(seconds["copy_all"])
+        measured["copy_all_bytes"] = bytes_per_number * sum(tensor.numel() for tensor in notebook["state_dict"].values())
     if with_reference:
         meta_layers = meta_layer_seconds[-repeats:]  # the counted rounds' forward calls
         meta_per_token = [(decode - prefill) / decode_tokens

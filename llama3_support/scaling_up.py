@@ -29,13 +29,21 @@ def available_memory_bytes() -> int:
         return 0
 
 
+def weights_on_device(names) -> list:
+    """The tensors the walkthrough asks `weight` for: all but the embedding table, whose rows it reads from the
+    mapped file, unless the table is also the output projection (a tied checkpoint has no output.weight)."""
+    names = list(names)
+    return [name for name in names if name != "tok_embeddings.weight" or "output.weight" not in names]
+
+
 def weights_fit_on_device(state_dict: dict, device: torch.device, compute_dtype: torch.dtype) -> bool:
-    """Whether a converted copy of every weight fits on the device: a GPU's free memory, or on the CPU half of
-    the memory available, when the compute dtype differs from the file's (in the file's dtype the mapped file
-    is the tensor, and a copy would only double it)."""
+    """Whether a converted copy of every weight the device would hold (weights_on_device) fits there: in a GPU's
+    free memory, or on the CPU in half the memory available, when the compute dtype differs from the file's (in
+    the file's dtype the mapped file is the tensor, and a copy would only double it)."""
     from llama3_support.shards import weight_shapes  # shapes only: a split model is not merged to count it
 
-    checkpoint_bytes = sum(math.prod(shape) for shape in weight_shapes(state_dict).values()) * torch.finfo(compute_dtype).bits // 8
+    shapes = weight_shapes(state_dict)
+    checkpoint_bytes = sum(math.prod(shapes[name]) for name in weights_on_device(shapes)) * torch.finfo(compute_dtype).bits // 8
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
         return checkpoint_bytes < 0.9 * free_bytes
