@@ -103,8 +103,10 @@ def main(argv=None) -> int:
                         help=f"the checkpoint folder (default: {DEFAULT_CHECKPOINT.relative_to(REPO)})")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT,
                         help=f"LLAMA3_PROMPT (default: {DEFAULT_PROMPT!r}; \"\" keeps the notebook's own default)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="LLAMA3_DTYPE (default: bfloat16)")
-    parser.add_argument("--json", type=Path, help="where to write the figures (default: benchmarks/results/section-times-<date>-<folder>.json)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="LLAMA3_DTYPE (default: bfloat16)")
+    parser.add_argument("--json", type=Path,
+                        help="where to write the figures (default: benchmarks/results/section-times-<date>-<folder>.json)")
     args = parser.parse_args(argv)
     if not (args.checkpoint / "params.json").is_file():
         parser.error(f"{args.checkpoint} holds no params.json: build a checkpoint first, e.g. "

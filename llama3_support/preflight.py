@@ -12,6 +12,7 @@ The exercise notebook's first cell calls preflight() too. Exit status: 0 when ev
 """
 
 import argparse
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -57,11 +58,17 @@ def requirements(path: Path = REQUIREMENTS) -> list:
     return [Requirement(line) for line in lines if line]
 
 
+@functools.cache
+def module_owners() -> dict:
+    """{top-level module: the distributions that install it}, of everything installed."""
+    return importlib.metadata.packages_distributions()
+
+
 def top_level_module(distribution: str):
     """The module a distribution installs under its own name (llama-models: llama_models), or its first; None
     for a distribution that installs no module (jupyter, which only pulls in others)."""
     name = canonicalize_name(distribution)
-    modules = sorted(module for module, owners in importlib.metadata.packages_distributions().items()
+    modules = sorted(module for module, owners in module_owners().items()
                      if name in {canonicalize_name(owner) for owner in owners} and module.isidentifier())
     own = name.replace("-", "_")
     return own if own in modules else (modules[0] if modules else None)

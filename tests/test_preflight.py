@@ -68,7 +68,8 @@ def test_an_old_python_fails_with_what_to_install(folder, few_packages, monkeypa
 
 
 @pytest.mark.parametrize("requirement, says", [
-    ("no-such-package-for-the-room>=1", "no-such-package-for-the-room is not installed (needs no-such-package-for-the-room>=1): pip install -r"),
+    ("no-such-package-for-the-room>=1",
+     "no-such-package-for-the-room is not installed (needs no-such-package-for-the-room>=1): pip install -r"),
     ("pytest>=999", "but the notebooks need pytest>=999: pip install -r"),
 ])
 def test_a_missing_or_old_package_fails_with_the_pip_command(requirement, says, folder, few_packages, capsys):

@@ -228,8 +228,9 @@ def test_each_row_is_metas_model_broken_the_same_way(what_if_run, smollm2_folder
 def test_on_smollm2_paris_survives_a_middle_layer_and_the_order_of_words_but_not_the_rest(what_if_run, meta_models):
     """What the table shows on this prompt, on the truth: which pieces the answer survives without."""
     paris = what_if_run["next_token"]
-    surviving = {name for name, switches in what_if_run["what_ifs"].items()
-                 if int(meta_what_if_logits(meta_models[torch.float64], what_if_run["tokens"], **switches).argmax()) == paris}
+    truth = {name: meta_what_if_logits(meta_models[torch.float64], what_if_run["tokens"], **switches)
+             for name, switches in what_if_run["what_ifs"].items()}
+    surviving = {name for name, logits in truth.items() if int(logits.argmax()) == paris}
     n_layers = meta_models[torch.float64].params.n_layers
     assert surviving == {"intact", "no RoPE", f"layer {n_layers // 2} skipped"}
 
