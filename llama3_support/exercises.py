@@ -211,14 +211,15 @@ def _close(answer: torch.Tensor, other: torch.Tensor, tolerance: float) -> bool:
 
 
 def _judge_values(answer, reference, truth, *, what, meaning, terms, axes=(), dtype_advice="", mistakes=(),
-                  rows=None):
+                  rows=None, dtype=None):
     """The verdict on a floating-point answer: right when within the rounding rule's tolerance of the truth.
+    meaning: what is compared, with its verb ("your RMSNorm equals").
     mistakes: (function giving a typical mistake's result in float64, message), tried when the answer is wrong.
     rows: what a wrong answer right only in row 0 probably did (row 0 is the first token, or the first layer)."""
     problem = _shape_dtype_device(answer, reference, what, axes, dtype_advice)
     if problem:
         return problem
-    dtype = reference.dtype if reference.is_floating_point() else torch.float32
+    dtype = dtype or reference.dtype  # the dtype the result was computed in (bf16 logits are handed back as float32)
     truth = truth.to(reference.device)
     tolerance = rounding_tolerance(reference, truth, dtype, terms)
     error = (answer.to(TRUTH_DTYPE) - truth).abs()
@@ -226,7 +227,7 @@ def _judge_values(answer, reference, truth, *, what, meaning, terms, axes=(), dt
         error = torch.nan_to_num(error, nan=math.inf)
     if error.numel() == 0 or error.max().item() <= tolerance:
         difference = error.max().item() if error.numel() else 0.0
-        return Verdict(CORRECT, f"{meaning} equals the float64 truth {_units_in_the_last_place(difference, truth, dtype)}")
+        return Verdict(CORRECT, f"{meaning} the float64 truth {_units_in_the_last_place(difference, truth, dtype)}")
     for mistake, message in mistakes:
         if _close(answer, mistake(), tolerance):
             return Verdict(WRONG, message)
@@ -337,7 +338,7 @@ def _rms_norm_reference(x_float, norm_eps, memory=None):
 def _rms_norm(answer, *, x_float, norm_eps, memory=None):
     reference, x = _rms_norm_reference(x_float, norm_eps), _wide(x_float)
     verdict = _judge_values(
-        answer, reference, _rms_normed(x, norm_eps), what="x_normed", meaning="your RMSNorm",
+        answer, reference, _rms_normed(x, norm_eps), what="x_normed", meaning="your RMSNorm equals",
         terms=x.shape[-1], axes=("tokens", "dim"),
         mistakes=[(lambda: x * torch.rsqrt(x.pow(2).mean(dim=0, keepdim=True) + norm_eps),
                    "each vector is divided by a mean over the tokens (axis 0): RMSNorm takes each token's own mean, "
@@ -395,7 +396,7 @@ def _rope_frequencies(answer, *, pair_index, rope_theta, head_dim, memory=None):
     reference, index = _rope_frequencies_reference(pair_index, rope_theta, head_dim), _wide(pair_index)
     verdict = _judge_values(
         answer, reference, 1.0 / (rope_theta ** (index / head_dim)), what="base_rope_frequencies",
-        meaning="each frequency", terms=1, axes=("pairs",),
+        meaning="each frequency equals", terms=1, axes=("pairs",),
         mistakes=[(lambda: rope_theta ** (index / head_dim),
                    "your frequencies grow from pair to pair: the first pair turns fastest, the last slowest"),
                   (lambda: 1.0 / (rope_theta ** (2 * index / head_dim)),
@@ -454,7 +455,7 @@ def _rope_rotation(answer, *, q_per_token, rope_rotations, memory=None):
         return Verdict(WRONG, "the neighbouring pairs (x0, x1), (x2, x3), ... changed length, so the rotation turned "
                               "other pairs: the coordinates that form a complex number are neighbours"), references
     verdict = _judge_values(
-        rotated, references[1], truth, what="q_per_token_rotated", meaning="your rotated queries", terms=2,
+        rotated, references[1], truth, what="q_per_token_rotated", meaning="your rotated queries equal", terms=2,
         mistakes=[(lambda: _rotated_wide(q_per_token, rope_rotations, turn="backward"),
                    "every pair turned the wrong way round: multiply by the rotations, not by their conjugates")],
         rows="is the rotation using each token's own position?")
@@ -476,7 +477,7 @@ def _scores_reference(q, k, head_dim, memory=None):
 def _scores(answer, *, q, k, head_dim, memory=None):
     reference, q_wide, k_wide = _scores_reference(q, k, head_dim), _wide(q), _wide(k)
     verdict = _judge_values(
-        answer, reference, q_wide @ k_wide.T / math.sqrt(head_dim), what="scores", meaning="your scores",
+        answer, reference, q_wide @ k_wide.T / math.sqrt(head_dim), what="scores", meaning="your scores equal",
         terms=head_dim, axes=("queries", "keys"),
         mistakes=[(lambda: q_wide @ k_wide.T, "the scores are sqrt(head_dim) times too large: they are not scaled"),
                   (lambda: q_wide @ k_wide.T / head_dim, "the scores are divided by head_dim: the scale is its square root"),
@@ -519,7 +520,7 @@ def _softmax_reference(masked_scores, memory=None):
 def _softmax(answer, *, masked_scores, memory=None):
     reference, wide = _softmax_reference(masked_scores), _wide(masked_scores)
     verdict = _judge_values(
-        answer, reference, torch.softmax(wide, dim=-1), what="attention_weights", meaning="your attention weights",
+        answer, reference, torch.softmax(wide, dim=-1), what="attention_weights", meaning="your attention weights equal",
         terms=masked_scores.shape[-1], axes=("queries", "keys"),
         dtype_advice=": round the float32 softmax back with .type_as(masked_scores)",
         mistakes=[(lambda: torch.softmax(wide, dim=0), "the columns sum to 1, not the rows: the softmax ran over the "
@@ -574,7 +575,7 @@ def _residual_reference(residual, branch, memory=None):
 def _judge_residual(answer, residual, branch, what: str, branch_name: str):
     reference = _residual_reference(residual, branch)
     verdict = _judge_values(
-        answer, reference, _wide(residual) + _wide(branch), what=what, meaning=f"your {what}", terms=2,
+        answer, reference, _wide(residual) + _wide(branch), what=what, meaning=f"your {what} equals", terms=2,
         axes=("tokens", "dim"),
         mistakes=[(lambda: _wide(branch), f"this is {branch_name} alone: the residual connection is missing (the "
                                           "branch's result is added to the stream it read)"),
@@ -616,7 +617,7 @@ def _swiglu(answer, *, ffn_input, w1, w2, w3, memory=None):
             return problem, references
     verdict = _judge_values(
         answer[2], references[2], (silu(gate_projection) * up_projection) @ w2_wide.T, what="ffn_output",
-        meaning="your feed-forward output", terms=w1.shape[0] + w1.shape[1], axes=("tokens", "dim"),
+        meaning="your feed-forward output equals", terms=w1.shape[0] + w1.shape[1], axes=("tokens", "dim"),
         mistakes=[(lambda: (silu(up_projection) * gate_projection) @ w2_wide.T,
                    "gate and up are swapped: the SiLU is on the wrong projection (in Meta's naming w1 gates, w3 "
                    "goes up)"),
@@ -694,8 +695,9 @@ def _logits(answer, *, last_hidden, norm_weight, output_weight, norm_eps, memory
     reference = _logits_reference(last_hidden, norm_weight, output_weight, norm_eps)
     verdict = _judge_values(
         answer, reference, _logits_truth(last_hidden, norm_weight, output_weight, norm_eps),
-        what="the logits", meaning="your logits", terms=last_hidden.shape[-1], axes=("positions", "vocabulary"),
+        what="the logits", meaning="your logits equal", terms=last_hidden.shape[-1], axes=("positions", "vocabulary"),
         dtype_advice=": the walkthrough hands back float32 logits (.float())",
+        dtype=output_weight.dtype,
         mistakes=[(lambda: _logits_truth(last_hidden, norm_weight, output_weight, norm_eps, normed=False),
                    "the final RMSNorm is missing")])
     return verdict, reference

@@ -154,7 +154,7 @@ def test_the_walkthroughs_arithmetic_is_correct_in_bf16_and_float32(dtype, capsy
     assert verdict("rms_norm", normed, capsys, x_float=x.float(), norm_eps=NORM_EPS).kind == CORRECT
     q, k = seeded(N_TOKENS, HEAD_DIM, dtype=dtype, seed=1), seeded(N_TOKENS, HEAD_DIM, dtype=dtype, seed=2)
     scores = verdict("scores", q @ k.T / math.sqrt(HEAD_DIM), q=q, k=k, head_dim=HEAD_DIM)
-    assert scores.kind == CORRECT and scores.message.startswith("your scores equals the float64 truth")
+    assert scores.kind == CORRECT and scores.message.startswith("your scores equal the float64 truth")
     rotated = torch.view_as_real(torch.view_as_complex(q.float().view(N_TOKENS, -1, 2)) * rotations())
     answer = (torch.view_as_complex(q.float().view(N_TOKENS, -1, 2)), rotated.view(N_TOKENS, HEAD_DIM).type_as(q))
     assert verdict("rope_rotation", answer, q_per_token=q, rope_rotations=rotations()).kind == CORRECT
