@@ -130,15 +130,21 @@ def line_of(name: str, verdict: Verdict) -> str:
     return f"{head}: {detail}{FALLBACK}; hint({name!r}) helps"
 
 
-def report(name: str, probe: callable = None) -> Verdict:
-    """Print the exercise's one line; probe() first runs code that reaches the exercise (a sampler, say)."""
+def report(name: str, probe: callable = None) -> None:
+    """Print the exercise's one line; probe() first runs code that reaches the exercise (a sampler, say).
+    The verdict stays in last_verdict(name); nothing is returned, so a cell ending in report() shows only the line."""
     if probe is not None:
         probe()
     progress = _progress.setdefault(name, _Progress())
-    verdict = verdict_of(name)
-    print(line_of(name, verdict))
-    progress.final, progress.reported_code, progress.verdicts = verdict, progress.code, []
-    return verdict
+    if progress.verdicts or progress.final is None:  # else nothing was judged since: the same verdict again
+        progress.final, progress.reported_code = verdict_of(name), progress.code
+        progress.verdicts = []
+    print(line_of(name, progress.final))
+
+
+def last_verdict(name: str) -> Verdict:
+    """What report(name) printed last (None before the first report)."""
+    return _progress.setdefault(name, _Progress()).final
 
 
 def hint(name: str, level: int = 1) -> None:

@@ -66,7 +66,7 @@ import os
 
 from llama3_support.preflight import preflight
 
-preflight(os.environ.get("LLAMA3_DIR"))"""
+requirements_met = preflight(os.environ.get("LLAMA3_DIR"))  # one OK or FAIL line each: fix every FAIL first"""
 
 IMPORTS = "from llama3_support.exercises import check, hint, report, sample_once"
 

