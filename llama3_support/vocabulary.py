@@ -34,7 +34,9 @@ NAMED_SPECIAL_TOKENS = [
     "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>",
 ]
-LLAMA3_STOP_TOKENS = ("<|end_of_text|>", "<|eot_id|>")  # the end of a text, the end of a chat turn
+# where Meta's tokenizer stops generation (Tokenizer.stop_tokens): the end of a text, of a message that calls a tool,
+# of a chat turn
+LLAMA3_STOP_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
 TOKENIZER_CONFIG = "tokenizer_config.json"  # a folder's own tokenizer rules (llama3_support/smollm2_checkpoint.py)
 GPT2_END_OF_TEXT = "<|endoftext|>"  # the end of a document in GPT-2's byte-level vocabularies (SmolLM2's too)
 LLAMA3_CHAT, CHATML = "llama3", "chatml"  # the two chat formats

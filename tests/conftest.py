@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "llama3_from_scratch.ipynb"
 TRAINING_NOTEBOOK = REPO / "train_llama3_from_scratch.ipynb"
 SMOLLM2_COPY = REPO / "llama3_from_scratch.smollm2.ipynb"  # the walkthrough executed on SmolLM2, every output kept
+EXERCISE_COPY = REPO / "llama3_from_scratch.exercises.ipynb"  # the walkthrough with blanks (tests/make_exercises.py)
 SLOW_TESTS = REPO / "tests" / "slow_tests.txt"  # the slow tier: what `pytest -m "not slow"` leaves out
 sys.path.insert(0, str(REPO))
 
@@ -58,7 +59,7 @@ def ensure_smollm2_checkpoint(config=None):
 def pytest_collection_finish(session):
     """Before nbval starts a notebook's kernel: LLAMA3_DIR names a checkpoint, LLAMA3_TRAIN_OUT a scratch folder."""
     notebooks = {Path(str(item.fspath)).name for item in session.items if Path(str(item.fspath)).suffix == ".ipynb"}
-    if NOTEBOOK.name in notebooks and "LLAMA3_DIR" not in os.environ:
+    if notebooks & {NOTEBOOK.name, EXERCISE_COPY.name} and "LLAMA3_DIR" not in os.environ:
         os.environ["LLAMA3_DIR"] = str(ensure_demo_checkpoint(session.config))
     if TRAINING_NOTEBOOK.name in notebooks and "LLAMA3_TRAIN_OUT" not in os.environ:
         session.config.training_scratch = Path(tempfile.mkdtemp(prefix="llama3-training-"))

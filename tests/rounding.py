@@ -38,38 +38,15 @@ allows and reports the worst margin of each test.
 
 import contextlib
 import json
-import math
 import os
 from unittest import mock
 
 import torch
 
-SAFETY = 4
+# the rule's core, one definition for the tests and the exercise checks
+from llama3_support.rounding import SAFETY, largest_difference, rounding_floor, rounding_tolerance, ulp  # noqa: F401
+
 MARGINS_FILE = "LLAMA3_MARGINS"
-
-
-def ulp(value: float, dtype: torch.dtype) -> float:
-    """Spacing of dtype's numbers at |value|: one unit in the last place (that of the smallest normal at 0)."""
-    finfo = torch.finfo(dtype)
-    return finfo.eps * 2.0 ** math.floor(math.log2(max(abs(value), finfo.tiny)))
-
-
-def rounding_floor(truth: torch.Tensor, dtype: torch.dtype, terms: int) -> float:
-    """The error no faithful computation in dtype of results summed from `terms` numbers can promise to beat."""
-    largest = truth.abs().max().item()
-    return ulp(largest, dtype) + math.sqrt(terms) * ulp(largest, torch.float32)
-
-
-def rounding_tolerance(reference: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype, terms: int) -> float:
-    """How far from truth a faithful computation in dtype may be: SAFETY times the reference's own error
-    (the reference in dtype against truth), never less than rounding_floor. For the results of several
-    steps, the error is the largest of them."""
-    measured = (reference.double() - truth.double()).abs().max().item()
-    return max(SAFETY * measured, rounding_floor(truth, dtype, terms))
-
-
-def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def assert_within_rounding(result: torch.Tensor, truth: torch.Tensor, tolerance: float, what: str) -> float:

@@ -66,7 +66,7 @@ GENERATION_NAMES = RUN_NAMES + ("generated_tokens", "generated_logits", "recompu
                                 "answer_tokens")
 WIDER = {torch.bfloat16: torch.float32, torch.float32: torch.float64}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
-EOS_ID, EOT_ID = 128001, 128009  # <|end_of_text|>, <|eot_id|>
+EOS_ID, EOM_ID, EOT_ID = 128001, 128008, 128009  # <|end_of_text|>, <|eom_id|>, <|eot_id|>: Meta's stop set
 MIN_CLEAR_BF16_STEPS = 4  # of NEW_TOKENS bf16 steps, at least this many must have a choice clear of rounding
 MIN_DECIDED_FLOAT32_STEPS = 16  # in float32, at least the first this many steps must be clear of rounding
 
@@ -405,7 +405,7 @@ def test_chat_answer_is_metas_greedy_continuation(case, request, generation_runs
     chat_tokens, answer = run["chat_tokens"], run["answer_tokens"]
     n_positions = len(chat_tokens) + NEW_TOKENS
     expected = reference_greedy_generation(reference_model(folder, n_positions, factor, dtype), chat_tokens, NEW_TOKENS)
-    stops = [step for step, token in enumerate(expected) if token in (EOS_ID, EOT_ID)]
+    stops = [step for step, token in enumerate(expected) if token in (EOS_ID, EOM_ID, EOT_ID)]
     expected = expected[: stops[0] + 1] if stops else expected  # the answer ends at its first stop token
     # every choice of the answer is clear of float32 rounding: no faithful computation could choose otherwise
     _, fed = reference_decoding(reference_model(folder, n_positions, factor, dtype), chat_tokens, len(answer), answer)
@@ -431,7 +431,7 @@ def llama31_plain(family_dir) -> dict:
     return {"folder": folder, "prompt_tokens": prompt_tokens, "tokens": tokens, "logits": logits}
 
 
-@pytest.mark.parametrize("stop_id", [EOT_ID, EOS_ID], ids=["eot_id", "end_of_text"])
+@pytest.mark.parametrize("stop_id", [EOT_ID, EOS_ID, EOM_ID], ids=["eot_id", "end_of_text", "eom_id"])
 def test_generation_stops_at_a_stop_token(stop_id, llama31_plain, family_dir):
     """A checkpoint made to write stop_id at a chosen step: its output row for stop_id is 1.1 times the row of
     the token that greedy decoding picks at that step, so that the stop token wins there (that token's logit is

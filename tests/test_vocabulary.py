@@ -66,12 +66,13 @@ def test_split_pattern_and_special_tokens_are_metas():
     assert list(special)[-1] == "<|reserved_special_token_245|>"  # 244 reserved ones, numbered from 2
 
 
-def test_llama3_rules_give_metas_bos_eos_and_stop_at_the_end_of_text_and_of_a_turn():
+def test_llama3_rules_give_metas_bos_eos_and_stop_where_metas_tokenizer_stops():
     tokenizer = meta_tokenizer()
     rules = vocabulary.llama3_tokenizer_rules(LLAMA3_N_RANKS, LLAMA3_VOCAB_SIZE)
     assert (rules.bos_id, rules.eos_id, rules.add_bos) == (tokenizer.bos_id, tokenizer.eos_id, True)
-    assert rules.stop_ids == {tokenizer.eos_id, tokenizer.eot_id}
-    assert rules.stop_ids <= set(tokenizer.stop_tokens)  # Meta also stops at <|eom_id|>, a tool call's end
+    # the end of a text, of a message that calls a tool (<|eom_id|>), of a chat turn: Meta's stop set exactly
+    assert rules.stop_ids == set(tokenizer.stop_tokens) == {tokenizer.eos_id, tokenizer.eom_id, tokenizer.eot_id}
+    assert [rules.special_tokens[name] for name in vocabulary.LLAMA3_STOP_TOKENS] == tokenizer.stop_tokens
     assert rules.chat_format == vocabulary.LLAMA3_CHAT
 
 
@@ -217,8 +218,8 @@ def walkthrough_definitions(*names, **given) -> dict:
                     "module, or been renamed): there is no teaching copy of it to hold equal to vocabulary.py's")
 
 
-@pytest.mark.parametrize("name", ["LLAMA3_SPLIT_PATTERN", "NAMED_SPECIAL_TOKENS", "ORIGINAL_CONTEXT", "LOW_FREQ_FACTOR",
-                                  "HIGH_FREQ_FACTOR"])
+@pytest.mark.parametrize("name", ["LLAMA3_SPLIT_PATTERN", "NAMED_SPECIAL_TOKENS", "LLAMA3_STOP_TOKENS", "ORIGINAL_CONTEXT",
+                                  "LOW_FREQ_FACTOR", "HIGH_FREQ_FACTOR"])
 def test_walkthrough_constant_equals_the_shared_one(name):
     assert walkthrough_definitions(name)[name] == getattr(vocabulary, name)
 

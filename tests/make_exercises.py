@@ -1,0 +1,222 @@
+"""Write llama3_from_scratch.exercises.ipynb, the walkthrough with blanks for the learner, from the walkthrough.
+
+    python tests/make_exercises.py                  # write llama3_from_scratch.exercises.ipynb
+    python tests/make_exercises.py --check          # exit 1 if the committed copy is not what this writes
+    python tests/make_exercises.py --solutions DIR  # also write the copy with every blank filled in, into DIR
+
+The exercise copy is never edited by hand. A walkthrough cell holds its exercises in its metadata, so that its
+visible source stays as it is:
+
+    "exercises": [{"name": "rms_norm",                        # a name in llama3_support/exercises.py
+                   "blank": ["    x_normed = x_float * ..."],  # consecutive lines of the cell, exactly
+                   "check": "x_normed = check(\"rms_norm\", x_normed, x_float=x_float, norm_eps=norm_eps)",
+                   "answer": "position_logits",                # for a blank `return ...`: the name it gets
+                   "report_after": "61137d0f",                 # the report after that cell, not this one
+                   "report": "report(\"top_p\", probe=...)"}]  # a report of its own
+
+In the copy each blank line becomes `name = ...` (`...` for a line that assigns into a tensor), the check line
+follows at the same indentation, and a code cell after the cell (or after report_after) reports one line per
+exercise. The lesson's stored outputs are the walkthrough's (true for Meta-Llama-3-8B, stored on the demo); a
+report cell stores the line a blank gives, "not attempted yet". The copy opens with the workshop's pre-flight
+check (stored empty) and the import of check, hint and report.
+"""
+
+import argparse
+import ast
+import copy
+import sys
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from llama3_support.exercises import EXERCISES, not_attempted_line  # noqa: E402
+
+WALKTHROUGH = REPO / "llama3_from_scratch.ipynb"
+EXERCISE_COPY = REPO / "llama3_from_scratch.exercises.ipynb"
+SOLUTION_NAME = "llama3_from_scratch.solutions.ipynb"
+METADATA_KEY = "exercises"
+IGNORE_MARKER = "# NBVAL_IGNORE_OUTPUT"
+
+INTRO = """# Llama 3 from scratch: exercises
+
+The walkthrough, `llama3_from_scratch.ipynb`, with {count} of its steps left for you to write. Where a line reads
+`name = ...  # exercise N (name): ...`, replace the `...` with your code and run the cell. The line after it hands
+your answer to `check`, and the cell after the exercise prints one line:
+
+- `not attempted yet`: the blank is still there;
+- `correct`, with what the number means: how close your result is to the truth computed in float64 from the same
+  inputs, in units in the last place;
+- `wrong`, with what is wrong: the shape (which axis), the dtype, the positions or heads that are off, or a typical
+  mistake recognised. It never shows the expected values.
+
+Stuck? `hint("rms_norm")`, then `hint("rms_norm", 2)`. Or go on: after a blank or a wrong answer the cells below use
+the reference result, so the lesson runs to its end whatever you have written. The checks work on every checkpoint
+(`LLAMA3_DIR`): the demo, SmolLM2-135M-Instruct, a model you trained, or Meta's.
+
+The exercises, by the name that `check`, `hint` and `report` take:
+
+{listing}
+
+This notebook is written by `python tests/make_exercises.py` from the walkthrough: edit the walkthrough, not this
+copy. The first cell checks this machine and the checkpoint; fix every FAIL line before you start."""
+
+PREFLIGHT = f"""{IGNORE_MARKER}
+import os
+
+from llama3_support.preflight import preflight
+
+requirements_met = preflight(os.environ.get("LLAMA3_DIR"))  # one OK or FAIL line each: fix every FAIL first"""
+
+IMPORTS = "from llama3_support.exercises import check, hint, report, sample_once"
+
+
+class ExerciseMarkError(ValueError):
+    """The walkthrough's exercise metadata does not fit its cells."""
+
+
+def blank_line(line: str, answer: str = None) -> tuple:
+    """(the exercise's line, the solution's line, the name the check assigns) for one blank line."""
+    indent = line[:len(line) - len(line.lstrip())]
+    statement = ast.parse(line.strip()).body[0]
+    if isinstance(statement, ast.Return):
+        if not answer:
+            raise ExerciseMarkError(f"a blank `return` line needs an 'answer' name: {line.strip()!r}")
+        return f"{indent}{answer} = ...", f"{indent}{answer} = {ast.get_source_segment(line.strip(), statement.value)}", answer
+    if isinstance(statement, ast.Assign) and all(isinstance(target, ast.Name) for target in statement.targets):
+        target = statement.targets[0].id
+        return f"{indent}{target} = ...", line, target
+    return f"{indent}...", line, None
+
+
+def exercise_lines(cell, exercise: dict, lines: list, solutions: bool) -> list:
+    """The cell's lines with this exercise's blank lines replaced, and its check line after them."""
+    name, blank = exercise["name"], exercise["blank"]
+    if name not in EXERCISES:
+        raise ExerciseMarkError(f"cell {cell.id} marks an exercise {name!r} that llama3_support/exercises.py lacks")
+    starts = [i for i in range(len(lines) - len(blank) + 1) if lines[i:i + len(blank)] == blank]
+    if len(starts) != 1:
+        raise ExerciseMarkError(
+            f"cell {cell.id} of the walkthrough holds the lines that exercise {name!r} blanks {len(starts)} times, not "
+            "once: the cell changed, so update its 'exercises' metadata to the lines as they read now")
+    start, returned = starts[0], None
+    written = []
+    for index, line in enumerate(blank):
+        mine, solution, target = blank_line(line, exercise.get("answer"))
+        if isinstance(ast.parse(line.strip()).body[0], ast.Return):
+            returned = target
+        if solutions:
+            written.append(solution)
+        else:
+            number = EXERCISES[name].number
+            written.append(f"{mine}  # exercise {number} ({name}): your code" if index == 0 else mine)
+    indent = blank[-1][:len(blank[-1]) - len(blank[-1].lstrip())]
+    written.append(f"{indent}{exercise['check']}")
+    if returned:
+        written.append(f"{indent}return {returned}")
+    return lines[:start] + written + lines[start + len(blank):]
+
+
+def report_cell(names_and_sources: list, cell_id: str, solutions: bool):
+    cell = nbformat.v4.new_code_cell("\n".join(source for _, source in names_and_sources))
+    cell.id = cell_id
+    if not solutions:
+        text = "".join(not_attempted_line(name) + "\n" for name, _ in names_and_sources)
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    return cell
+
+
+def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = False) -> nbformat.NotebookNode:
+    """The exercise copy of the walkthrough (solutions=True: every blank filled in, outputs left out)."""
+    notebook = copy.deepcopy(walkthrough)
+    marked = [exercise["name"] for cell in notebook.cells for exercise in cell.metadata.get(METADATA_KEY, [])]
+    if sorted(marked) != sorted(EXERCISES) or len(set(marked)) != len(marked):
+        raise ExerciseMarkError(f"the walkthrough marks {marked}; llama3_support/exercises.py has {list(EXERCISES)}: "
+                                "each exercise is marked once")
+    if marked != sorted(marked, key=lambda name: EXERCISES[name].number):
+        raise ExerciseMarkError(f"the walkthrough marks the exercises in the order {marked}: number them so in "
+                                "llama3_support/exercises.py")
+    listing = "\n".join(f"{EXERCISES[name].number}. {EXERCISES[name].title} (`{name}`)" for name in marked)
+    intro = nbformat.v4.new_markdown_cell(INTRO.format(count=len(marked), listing=listing))
+    intro.id = "exercises-intro"
+    preflight = nbformat.v4.new_code_cell(PREFLIGHT)
+    preflight.id = "exercises-preflight"
+    imports = nbformat.v4.new_code_cell(IMPORTS)
+    imports.id = "exercises-imports"
+    cells, waiting = [intro, preflight, imports], {}
+    for cell in notebook.cells:
+        exercises = cell.metadata.pop(METADATA_KEY, [])
+        lines = cell.source.split("\n")
+        for exercise in exercises:
+            lines = exercise_lines(cell, exercise, lines, solutions)
+            report = (exercise["name"], exercise.get("report", f"report({exercise['name']!r})"))
+            waiting.setdefault(exercise.get("report_after", cell.id), []).append(report)
+        cell.source = "\n".join(lines)
+        if solutions and cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cells.append(cell)
+        reports = waiting.pop(cell.id, [])
+        if reports:
+            cells.append(report_cell(reports, f"check-{reports[0][0].replace('_', '-')}", solutions))
+    if waiting:
+        raise ExerciseMarkError(f"no cell of the walkthrough has the id that report_after names: {sorted(waiting)}")
+    notebook.cells = cells
+    if not solutions:
+        number_executed_cells(notebook)
+    return notebook
+
+
+def number_executed_cells(notebook: nbformat.NotebookNode) -> None:
+    """Execution counts 1, 2, ... for the cells whose outputs are stored, as one run in order gives them."""
+    count = 0
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        if IGNORE_MARKER in cell.source:
+            cell.execution_count = None
+            continue
+        count += 1
+        cell.execution_count = count
+        for output in cell.outputs:
+            if output.output_type == "execute_result":
+                output.execution_count = count
+
+
+def written(notebook: nbformat.NotebookNode) -> str:
+    return nbformat.writes(notebook) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing: exit 1 if the committed copy differs")
+    parser.add_argument("--solutions", type=Path, metavar="DIR",
+                        help=f"also write {SOLUTION_NAME}, every blank filled in, into DIR (a folder that exists)")
+    args = parser.parse_args(argv)
+    if args.solutions is not None and not args.solutions.is_dir():
+        parser.error(f"--solutions {args.solutions}: no such folder. Create it first, or name a temporary one.")
+    walkthrough = nbformat.read(WALKTHROUGH, as_version=4)
+    try:
+        text = written(exercise_notebook(walkthrough))
+    except ExerciseMarkError as error:
+        print(f"{WALKTHROUGH.name}: {error}", file=sys.stderr)
+        return 1
+    if args.check:
+        if not EXERCISE_COPY.is_file() or EXERCISE_COPY.read_text() != text:
+            print(f"{EXERCISE_COPY.name} is not what the walkthrough gives now: run python tests/make_exercises.py",
+                  file=sys.stderr)
+            return 1
+        print(f"{EXERCISE_COPY.name} is up to date")
+    else:
+        EXERCISE_COPY.write_text(text)
+        print(f"wrote {EXERCISE_COPY.name}: {len(EXERCISES)} exercises")
+    if args.solutions is not None:
+        path = args.solutions / SOLUTION_NAME
+        path.write_text(written(exercise_notebook(walkthrough, solutions=True)))
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
