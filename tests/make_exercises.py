@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from llama3_support.exercises import EXERCISES, not_attempted_line  # noqa: E402
+from refresh_stored_outputs import NOTE_KEY  # noqa: E402  (the walkthrough's cell about its stored outputs)
 
 WALKTHROUGH = REPO / "llama3_from_scratch.ipynb"
 EXERCISE_COPY = REPO / "llama3_from_scratch.exercises.ipynb"
@@ -69,6 +70,12 @@ import os
 from llama3_support.preflight import preflight
 
 requirements_met = preflight(os.environ.get("LLAMA3_DIR"))  # one OK or FAIL line each: fix every FAIL first"""
+
+# the copy's own text in the cell that says what is stored: the walkthrough's outputs, and the reports' lines
+STORED_OUTPUTS_NOTE = """This copy keeps the walkthrough's stored outputs, which Meta-Llama-3-8B prints too: shapes, token ids, the
+configuration, rotary frequencies, masks; each report cell stores the line a blank gives, `not attempted yet`.
+Cells whose output depends on the weights' values are stored empty (they carry `# NBVAL_IGNORE_OUTPUT`): run
+them to see your checkpoint's numbers, and your checks' verdicts."""
 
 IMPORTS = "from llama3_support.exercises import check, hint, report, sample_once"
 
@@ -148,6 +155,8 @@ def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = Fals
     cells, waiting = [intro, preflight, imports], {}
     for cell in notebook.cells:
         exercises = cell.metadata.pop(METADATA_KEY, [])
+        if cell.metadata.get(NOTE_KEY):
+            cell.source = STORED_OUTPUTS_NOTE
         lines = cell.source.split("\n")
         for exercise in exercises:
             lines = exercise_lines(cell, exercise, lines, solutions)
