@@ -131,6 +131,21 @@ def test_the_walkthroughs_attention_pictures_carry_the_prompts_tokens(lens_run):
         assert any(panel["ylabel"] == "attention probability" for panel in figure["panels"])
 
 
+def test_section_5s_mask_and_head_0_pictures_carry_the_prompts_tokens_and_leave_masked_cells_blank(lens_run):
+    shown, labels = lens_run["plotted_positions"], lens_run["position_labels"]
+    panels = {panel["title"]: panel for figure in lens_run["figures"] for panel in figure["panels"]}
+    above_diagonal = np.triu(np.ones((shown, shown), dtype=bool), k=1).tolist()
+    mask = panels["causal mask (black = -inf)"]
+    assert mask["xticklabels"] == labels and mask["yticklabels"] == labels
+    assert np.array(mask["image"]).tolist() == above_diagonal
+    for title, masked in [("scores", False), ("scores + mask", True), ("softmax", True)]:
+        panel = panels[f"layer 0, head 0: {title}"]
+        assert panel["xticklabels"] == labels and panel["yticklabels"] == labels
+        assert panel["ylabel"] == "query: the token looking"
+        blank = np.isnan(np.array(panel["image"], dtype=float)) | np.array(panel["masked"])
+        assert blank.tolist() == (above_diagonal if masked else np.zeros((shown, shown), dtype=bool).tolist())
+
+
 def lens_truth(folder, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Meta's Transformer: the final norm and output projection applied to each layer's output, [layers, n, vocab]."""
     model = load_reference(folder, len(tokens), dtype=dtype)
