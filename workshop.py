@@ -355,7 +355,7 @@ def make_venv(into: Path, wheels: Path, shared: Path, lock: Path) -> Path:
     if not pip_wheel:
         raise SystemExit(f"The stick's {shared} holds no pip wheel: build the stick again.")
     print(f"Installing the wheels of {lock.name} from {wheels} (a few minutes; nothing is downloaded):", flush=True)
-    run([python, pip_wheel[-1] / "pip", "install", "--no-index", "--find-links", wheels, "--find-links", shared,
+    run([python, pip_wheel[-1] / "pip", "install", "--isolated", "--no-index", "--find-links", wheels, "--find-links", shared,
          "--disable-pip-version-check", "--no-warn-script-location", "-r", lock, pip_wheel[-1]])
     # the project importable from any folder (the solutions copy runs from where it is written)
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],

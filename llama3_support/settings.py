@@ -52,16 +52,17 @@ def is_demo(folder: Path) -> bool:
         return False
 
 
-def checkpoints_on_disk(home: Path = CHECKPOINTS) -> list:
+def checkpoints_on_disk(home: Path = None) -> list:
     """The checkpoint folders in checkpoints/, in the order the default takes them: Meta's 8B, SmolLM2, then
     any other real model by name, the demo's random weights last."""
+    home = Path(home or CHECKPOINTS)
     found = sorted(folder for folder in home.glob("*") if folder.is_dir() and holds_checkpoint(folder))
     preferred = [home / name for name in PREFERRED_CHECKPOINTS if home / name in found]
     others = [folder for folder in found if folder not in preferred]
     return preferred + [folder for folder in others if not is_demo(folder)] + [f for f in others if is_demo(f)]
 
 
-def default_checkpoint_dir(home: Path = CHECKPOINTS) -> Path:
+def default_checkpoint_dir(home: Path = None) -> Path:
     """The folder read when LLAMA3_DIR is not set: Meta-Llama-3-8B if it is there, else the checkpoint that is
     (SmolLM2 first); with none, Meta-Llama-3-8B, whose absence the checkpoint check then explains."""
     on_disk = checkpoints_on_disk(home)
@@ -125,7 +126,7 @@ def read_walkthrough_settings() -> WalkthroughSettings:
         checkpoint_dir = default_checkpoint_dir()
         if checkpoint_dir.is_dir():
             print(f"LLAMA3_DIR is not set: reading {shown(checkpoint_dir)}, the checkpoint found in "
-                  f"{shown(CHECKPOINTS)} (set LLAMA3_DIR to read another).")
+                  f"{shown(checkpoint_dir.parent)} (set LLAMA3_DIR to read another).")
     return WalkthroughSettings(
         checkpoint_dir=checkpoint_dir,
         prompt=setting("PROMPT", default_prompt_for(checkpoint_dir)),
