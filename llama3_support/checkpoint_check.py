@@ -72,7 +72,8 @@ def next_step_without(folder: Path) -> str:
     if not on_disk:
         return FETCH_AGAIN
     return (f"This disk holds {', '.join(shown(path) for path in on_disk)}: set LLAMA3_DIR to one of them, or "
-            "unset it to read the first.")
+            "unset it to read the first. Another is built offline with `python download_weights.py --demo` or "
+            "`python download_weights.py --model SmolLM2-135M-Instruct`.")
 
 
 def read_json(path: Path) -> dict:
