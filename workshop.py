@@ -136,17 +136,18 @@ def torch_source(platform_: Platform, python: str, find_links: list, cpu_index_r
     """A CPU build of torch wherever an index serves one: PyPI's own (Windows, macOS); on Linux PyTorch's CPU
     index, else a local wheel folder holding the build; else PyPI's CUDA build, said as such."""
     if platform_.torch_on_pypi == "cpu":
-        return TorchSource("cpu", f"torch=={TORCH}", why="PyPI's build")
+        return TorchSource("cpu", f"torch=={TORCH}", why="from PyPI, whose build here is a CPU one")
     if cpu_index_reachable:
         return TorchSource("cpu", f"torch=={TORCH}+cpu", ["--torch-backend", "cpu"],
-                           ["--extra-index-url", PYTORCH_CPU_INDEX], why=f"PyTorch's CPU index, {PYTORCH_CPU_INDEX}")
+                           ["--extra-index-url", PYTORCH_CPU_INDEX], why=f"from PyTorch's CPU index, {PYTORCH_CPU_INDEX}")
     wheel = local_cpu_torch(find_links, python, platform_)
     if wheel is not None:
         return TorchSource("cpu", f"torch=={TORCH}+cpu", ["--find-links", wheel.parent],
-                           ["--find-links", wheel.parent], why=f"the local wheel {wheel}")
+                           ["--find-links", wheel.parent], why=f"from the local wheel {wheel}")
     return TorchSource("cuda", f"torch=={TORCH}", why=(
-        f"PyTorch's CPU index ({PYTORCH_CPU_INDEX}) cannot be reached from here and no local wheel folder "
-        f"(--find-links) holds torch-{TORCH}+cpu for Python {python}: PyPI's build, which carries CUDA"))
+        f"from PyPI, whose build here carries CUDA (about 3 GiB with its nvidia packages): PyTorch's CPU index "
+        f"({PYTORCH_CPU_INDEX}) cannot be reached from here, and no local wheel folder (--find-links) holds "
+        f"torch-{TORCH}+cpu for Python {python}"))
 
 
 def uv_command() -> list:
@@ -237,7 +238,7 @@ def build_stick(out: Path, platform_names, pythons, find_links: list, cpu_only: 
         entry = index["platforms"][platform_.name] = {"pythons": {}, "folder": f"{WHEELS}/{platform_.name}"}
         for python in pythons:
             source = torch_source(platform_, python, find_links, cpu_index)
-            print(f"\n{platform_.name}, Python {python}: torch {source.pin.split('==')[1]} ({source.build}) from "
+            print(f"\n{platform_.name}, Python {python}: torch {source.pin.split('==')[1]} ({source.build}) "
                   f"{source.why}", flush=True)
             if source.build == "cuda" and cpu_only:
                 print(f"  left out (--cpu-only): {platform_.name} laptops with Python {python} are not served.")
@@ -432,6 +433,9 @@ def open_lab(notebook, extra) -> int:
     notebook = Path(notebook).expanduser().resolve() if notebook else REPO / EXERCISES
     if not notebook.is_file():
         raise SystemExit(f"{notebook} does not exist: name a notebook, or leave --notebook out for the exercises.")
+    if not venv_python(REPO).is_file() and (REPO.parent / STICK_INDEX).is_file():
+        raise SystemExit(f"This is the stick's copy, which has no virtual environment: run `setup` first, then "
+                         f"`lab` from the laptop's copy (python {shell_path(Path.home() / PROJECT / 'workshop.py')} lab).")
     command, env = lab_command(notebook, REPO, extra)
     shown = {name: env[name] for name in env if name.startswith("LLAMA3_") and name not in os.environ}
     print(f"Jupyter Lab on {notebook.name}, with {' '.join(f'{k}={v}' for k, v in shown.items()) or 'no settings'}")
