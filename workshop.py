@@ -502,6 +502,8 @@ def parser_() -> argparse.ArgumentParser:
     lab = commands.add_parser("lab", help="open Jupyter Lab on the exercise copy, with this laptop's settings")
     lab.add_argument("--notebook", type=Path, help=f"another notebook (default: {EXERCISES})")
     lab.add_argument("--no-browser", action="store_true", help="print the address instead of opening a browser")
+    lab.add_argument("jupyter_options", nargs="*", metavar="-- OPTION",
+                     help="further options for jupyter lab, after --, for example: -- --port 8890")
     commands.add_parser("reset", help="put a learner's exercise copy aside and put a fresh one in its place")
     solutions = commands.add_parser("solutions", help="write the copy with every blank filled in, into any folder")
     solutions.add_argument("folder", type=Path, help="where it goes (created if it does not exist)")
@@ -524,7 +526,7 @@ def main(argv=None) -> int:
     if args.command == "setup":
         return setup_laptop(args.stick, args.into, args.device)
     if args.command == "lab":
-        return open_lab(args.notebook, ["--no-browser"] if args.no_browser else [])
+        return open_lab(args.notebook, (["--no-browser"] if args.no_browser else []) + args.jupyter_options)
     if args.command == "reset":
         reset_exercises()
         return 0

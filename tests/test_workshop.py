@@ -369,7 +369,7 @@ def test_a_linux_laptop_with_no_network_is_set_up_from_the_stick_and_runs_the_le
                                         notebook, "--output", str(executed)],
                              cwd=laptop, env=env, capture_output=True, text=True)
         assert run.returncode == 0, notebook + run.stderr[-4000:]
-        printed = "".join(output.get("text", "") for cell in json.loads(executed.read_text())["cells"]
+        printed = "".join("".join(output.get("text", "")) for cell in json.loads(executed.read_text())["cells"]
                           for output in cell.get("outputs", []))
         assert "LLAMA3_DIR is not set: reading checkpoints/SmolLM2-135M-Instruct" in printed, notebook
         assert "SmolLM2-135M-Instruct answers ' Paris' (token 7042), as it should." in printed, notebook
