@@ -1,6 +1,6 @@
 """A workshop room without a network: fill a USB stick, set each laptop up from it, open the exercises.
 
-    python workshop.py stick --out DIR       the instructor, with a network: wheels for every laptop, the project, SmolLM2
+    python workshop.py stick --out DIR       the instructor, with a network: every laptop's wheels, the project
     python workshop.py setup                 each laptop, from the stick, offline: a venv, SmolLM2, the checks
     python workshop.py lab                   each laptop: Jupyter Lab on the exercise copy, with its settings
     python workshop.py reset                 a learner's broken exercise copy put aside, a fresh one in its place
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -139,7 +140,8 @@ def torch_source(platform_: Platform, python: str, find_links: list, cpu_index_r
         return TorchSource("cpu", f"torch=={TORCH}", why="from PyPI, whose build here is a CPU one")
     if cpu_index_reachable:
         return TorchSource("cpu", f"torch=={TORCH}+cpu", ["--torch-backend", "cpu"],
-                           ["--extra-index-url", PYTORCH_CPU_INDEX], why=f"from PyTorch's CPU index, {PYTORCH_CPU_INDEX}")
+                           ["--extra-index-url", PYTORCH_CPU_INDEX],
+                           why=f"from PyTorch's CPU index, {PYTORCH_CPU_INDEX}")
     wheel = local_cpu_torch(find_links, python, platform_)
     if wheel is not None:
         return TorchSource("cpu", f"torch=={TORCH}+cpu", ["--find-links", wheel.parent],
@@ -192,7 +194,8 @@ def fetch_wheels(lock: Path, platform_: Platform, python: str, folder: Path, ext
 
 def copy_project(destination: Path) -> int:
     """The project's own files (git's list where this is a git checkout), without venv, checkpoints or caches."""
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True)
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True)
     names = [name for name in listed.stdout.decode().split("\0") if name] if listed.returncode == 0 else None
     if names is None:
         names = [str(path.relative_to(REPO)) for path in REPO.rglob("*")
@@ -328,7 +331,8 @@ def copy_to_laptop(stick: Path, into: Path) -> None:
     source = stick / PROJECT
     if into.resolve() == source.resolve():
         raise SystemExit(f"--into {into} is the stick itself: setup writes nothing there. Name a folder on the laptop.")
-    if into.is_dir() and any(into.iterdir()) and not (into / LAPTOP_STATE).is_dir() and not (into / "workshop.py").is_file():
+    ours = (into / LAPTOP_STATE).is_dir() or (into / "workshop.py").is_file()
+    if into.is_dir() and any(into.iterdir()) and not ours:
         raise SystemExit(f"{into} holds files of something else: name an empty or new folder with --into. "
                          "Nothing has been written.")
     copied = kept = 0
@@ -356,7 +360,8 @@ def make_venv(into: Path, wheels: Path, shared: Path, lock: Path) -> Path:
     if not pip_wheel:
         raise SystemExit(f"The stick's {shared} holds no pip wheel: build the stick again.")
     print(f"Installing the wheels of {lock.name} from {wheels} (a few minutes; nothing is downloaded):", flush=True)
-    run([python, pip_wheel[-1] / "pip", "install", "--isolated", "--no-index", "--find-links", wheels, "--find-links", shared,
+    run([python, pip_wheel[-1] / "pip", "install", "--isolated", "--no-index", "--find-links", wheels,
+         "--find-links", shared,
          "--disable-pip-version-check", "--no-warn-script-location", "-r", lock, pip_wheel[-1]])
     # the project importable from any folder (the solutions copy runs from where it is written)
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
@@ -435,7 +440,7 @@ def open_lab(notebook, extra) -> int:
         raise SystemExit(f"{notebook} does not exist: name a notebook, or leave --notebook out for the exercises.")
     if not venv_python(REPO).is_file() and (REPO.parent / STICK_INDEX).is_file():
         raise SystemExit(f"This is the stick's copy, which has no virtual environment: run `setup` first, then "
-                         f"`lab` from the laptop's copy (python {shell_path(Path.home() / PROJECT / 'workshop.py')} lab).")
+                         f"`lab` from the laptop's: python {shell_path(Path.home() / PROJECT / 'workshop.py')} lab")
     command, env = lab_command(notebook, REPO, extra)
     shown = {name: env[name] for name in env if name.startswith("LLAMA3_") and name not in os.environ}
     print(f"Jupyter Lab on {notebook.name}, with {' '.join(f'{k}={v}' for k, v in shown.items()) or 'no settings'}")
@@ -485,7 +490,8 @@ def parser_() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     stick = commands.add_parser("stick", help="fill a folder for the stick: wheels per platform, locks, the project")
-    stick.add_argument("--out", type=Path, required=True, help="the folder to fill (created; then copy it onto the stick)")
+    stick.add_argument("--out", type=Path, required=True,
+                       help="the folder to fill (created; then copy it onto the stick)")
     stick.add_argument("--platform", action="append", choices=sorted(PLATFORMS), dest="platforms",
                        help=f"a kind of laptop, repeated for several (default: {', '.join(DEFAULT_PLATFORMS)})")
     stick.add_argument("--python", action="append", dest="pythons", metavar="3.X",
@@ -514,7 +520,8 @@ def main(argv=None) -> int:
     args = parser_().parse_args(argv)
     if args.command == "stick":
         pythons = args.pythons or list(PYTHONS)
-        bad = [python for python in pythons if not python.count(".") == 1 or tuple(map(int, python.split("."))) < MIN_PYTHON]
+        bad = [python for python in pythons if not re.fullmatch(r"3\.\d+", python)
+               or int(python.split(".")[1]) < MIN_PYTHON[1]]
         if bad:
             raise SystemExit(f"--python {bad[0]}: name a version as 3.X, {version_text(MIN_PYTHON)} or newer.")
         find_links = args.find_links

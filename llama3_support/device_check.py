@@ -64,7 +64,8 @@ def check_device(device) -> str:
     try:
         results = attention_step(queries, keys, device, COMPUTE_DTYPE)
     except Exception as error:  # a device that lacks an operation fails in its own way
-        return f"the step fails on {device} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        first_line = (str(error).splitlines() or [""])[0]
+        return f"the step fails on {device} ({type(error).__name__}: {first_line})"
     for name, ours, ref, true in zip(("RoPE", "the bf16 scores", "the softmax"), results, reference, truth):
         tolerance = rounding_tolerance(ref, true, COMPUTE_DTYPE, HEAD_DIM)
         off = largest_difference(ours, true)

@@ -104,7 +104,8 @@ def test_the_self_test_catches_a_rope_that_rotates_the_wrong_pairs(monkeypatch):
     def third_call_rotates_neighbours_of_the_wrong_half(queries, keys, device, dtype):  # truth, reference, device
         calls.append(device)
         if len(calls) == 3:
-            monkeypatch.setattr(device_check, "apply_rope", lambda x, rotation: right_rope(x.flip(-1), rotation).flip(-1))
+            monkeypatch.setattr(device_check, "apply_rope",
+                                lambda x, rotation: right_rope(x.flip(-1), rotation).flip(-1))
         return right_step(queries, keys, device, dtype)
 
     monkeypatch.setattr(device_check, "attention_step", third_call_rotates_neighbours_of_the_wrong_half)
