@@ -357,7 +357,8 @@ def test_a_linux_laptop_with_no_network_is_set_up_from_the_stick_and_runs_the_le
            if not name.startswith(("LLAMA3_", "PIP_", "VIRTUAL_ENV", "PYTHONPATH"))}
     env.update(HOME=str(home), USER="learner", PIP_CONFIG_FILE=os.devnull)
     # the page's bash commands, as a learner types them, with the stick where the page puts it
-    setup_line = next(line for block in code_blocks("bash") for line in block.splitlines() if "workshop.py setup" in line)
+    setup_line = next(line for block in code_blocks("bash") for line in block.splitlines()
+                      if "workshop.py setup" in line)
     setup_line = setup_line.replace("python3 ", f"{sys.executable} ").replace("/media/$USER/STICK", str(stick))
     result = subprocess.run(offline + ["bash", "-c", setup_line], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
