@@ -373,6 +373,9 @@ def make_venv(into: Path, wheels: Path, shared: Path, lock: Path) -> Path:
 def setup_laptop(stick, into, device=None) -> int:
     stick = find_stick(stick)
     index = json.loads((stick / STICK_INDEX).read_text())
+    if not index.get("complete"):
+        raise SystemExit(f"The stick's {STICK_INDEX} says its build did not finish: run `workshop.py stick` again "
+                         "on the instructor's machine and copy the folder anew.")
     name = this_platform()
     if name not in index["platforms"]:
         raise SystemExit(f"This laptop is {name}; the stick holds wheels for {', '.join(index['platforms'])} only. "

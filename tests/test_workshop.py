@@ -50,7 +50,7 @@ def test_a_newer_python_than_the_stick_holds_is_told_which_to_use():
 def test_setup_checks_the_python_version_before_writing_anything(tmp_path, monkeypatch, capsys):
     stick = tmp_path / "stick"
     (stick / workshop.PROJECT).mkdir(parents=True)
-    index = {"platforms": {workshop.this_platform(): {"pythons": {"3.99": {}}, "folder": "wheels/x"}}}
+    index = {"complete": True, "platforms": {workshop.this_platform(): {"pythons": {"3.99": {}}, "folder": "w/x"}}}
     (stick / workshop.STICK_INDEX).write_text(json.dumps(index))
     into = tmp_path / "laptop"
     assert workshop.setup_laptop(stick, into) == 2
@@ -59,8 +59,14 @@ def test_setup_checks_the_python_version_before_writing_anything(tmp_path, monke
 
 
 def test_a_laptop_of_a_platform_the_stick_lacks_is_told_which_it_holds(tmp_path):
-    (tmp_path / workshop.STICK_INDEX).write_text(json.dumps({"platforms": {"plan9-mips": {"pythons": {}}}}))
+    (tmp_path / workshop.STICK_INDEX).write_text(json.dumps({"complete": True, "platforms": {"plan9-mips": {}}}))
     with pytest.raises(SystemExit, match="the stick holds wheels for plan9-mips only"):
+        workshop.setup_laptop(tmp_path, tmp_path / "laptop")
+
+
+def test_a_stick_whose_build_did_not_finish_is_refused(tmp_path):
+    (tmp_path / workshop.STICK_INDEX).write_text(json.dumps({"complete": False, "platforms": {}}))
+    with pytest.raises(SystemExit, match="did not finish"):
         workshop.setup_laptop(tmp_path, tmp_path / "laptop")
 
 
