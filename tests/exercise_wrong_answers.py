@@ -8,6 +8,7 @@ goes on with equals what the right answer hands on. The closing table of docs/ex
 by `python tests/exercise_wrong_answers.py`.
 """
 
+import functools
 import itertools
 import json
 import linecache
@@ -64,8 +65,27 @@ def reference_rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, norm_eps: flo
     return (x_float * torch.rsqrt(x_float.pow(2).mean(dim=-1, keepdim=True) + norm_eps)).type_as(x) * norm_weight
 
 
+CLONED_BYTES = 4 * 2**20  # tensors up to this size are copied for each cell run; larger ones (weights) are shared
+
+
 def cell_namespace(configuration: Configuration, dtype: torch.dtype) -> dict:
-    """The notebook's variables that the exercises' cells read, on this configuration, in this compute dtype."""
+    """The notebook's variables that the exercises' cells read, on this configuration, in this compute dtype:
+    a fresh copy of everything a line could change, the large weights shared."""
+    namespace = dict(_cell_namespace(configuration.name, dtype))
+    for name, value in namespace.items():
+        if isinstance(value, torch.Tensor) and value.numel() * value.element_size() <= CLONED_BYTES:
+            namespace[name] = value.clone()
+        elif isinstance(value, list):
+            namespace[name] = list(value)
+        elif isinstance(value, dict):
+            namespace[name] = {key: item.clone() if isinstance(item, torch.Tensor) else item
+                               for key, item in value.items()}
+    return namespace
+
+
+@functools.lru_cache(maxsize=None)
+def _cell_namespace(configuration_name: str, dtype: torch.dtype) -> dict:
+    configuration = next(c for c in configurations() if c.name == configuration_name)
     params = configuration.params
     dim, n_heads = params["dim"], params["n_heads"]
     n_kv_heads, head_dim = params.get("n_kv_heads") or n_heads, dim // n_heads
@@ -120,7 +140,8 @@ def cell_namespace(configuration: Configuration, dtype: torch.dtype) -> dict:
         "kv_cache": {"keys": torch.zeros(cache_shape, dtype=dtype), "values": torch.zeros(cache_shape, dtype=dtype)},
         "layer": 1, "k": seeded(n_tokens, n_kv_heads, head_dim, dtype=dtype, seed=17),
         "v": seeded(n_tokens, n_kv_heads, head_dim, dtype=dtype, seed=18),
-        "NAMED_SPECIAL_TOKENS": NAMED_SPECIAL_TOKENS, "tokenizer_config": {} if configuration.own_tokenizer else None,
+        "NAMED_SPECIAL_TOKENS": NAMED_SPECIAL_TOKENS,
+        "tokenizer_config": {"own": True} if configuration.own_tokenizer else None,
         "sorted_probabilities": torch.sort(probabilities, descending=True).values, "top_p": 0.9,
     }
 
