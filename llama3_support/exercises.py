@@ -697,7 +697,7 @@ def _judge_values(answer, reference, truth, *, what, meaning, terms, axes=(), dt
         right_rows = right.flatten(1).all(dim=1)
         if right_rows[0] and not right_rows[1:].any():
             return Verdict(WRONG, f"row 0 is right, later rows are not: {rows}")
-    how = _how_off(answer, truth, right, tolerance, what, axes)
+    how = _how_off(answer, truth, right, tolerance, what, axes[-answer.dim():] if answer.dim() else ())
     if how:
         return Verdict(WRONG, how)
     return Verdict(WRONG, f"{int(right.sum())} of {error.numel()} values are right; the largest difference from the "
@@ -1061,6 +1061,11 @@ def _causal_mask(answer, *, n_tokens, device, dtype, memory=None):
         said = "True where the key comes after the query" if torch.equal(answer, later) else "a mask of bools"
         return Verdict(WRONG, f"causal_mask is {said}: the mask is added to the scores, so it holds -inf where a "
                               "token may not look and 0 elsewhere"), reference
+    if (isinstance(answer, torch.Tensor) and answer.shape == reference.shape and answer.is_floating_point()
+            and torch.isfinite(answer).all() and bool((answer.to(reference.device)[later] < -1e3).all())
+            and bool((answer.to(reference.device)[~later] == 0).all()) and later.any()):
+        return Verdict(WRONG, "the hidden places hold a large negative number, not -inf: the walkthrough's mask "
+                              "holds float('-inf'), whose exponential is exactly 0"), reference
     verdict = _judge_exact(
         answer, reference, what="causal_mask", axes=("queries", "keys"), dtype_advice=": the mask is added to "
         f"scores in the compute dtype, {dtype}", meaning="-inf exactly where the key comes after the query",
@@ -1152,7 +1157,8 @@ def _kv_head(answer, *, head, heads_per_kv_head, n_kv_heads, n_heads=None, memor
         return Verdict(WRONG, f"kv_head_for_this_head should be an int, and yours is {kind}"), reference
     if answer == reference:
         return Verdict(CORRECT), reference
-    if not 0 <= answer < n_kv_heads:
+    off_by_one = answer - reference in (1, -1)
+    if not 0 <= answer < n_kv_heads and not off_by_one:
         return Verdict(WRONG, f"some query heads read a key/value head that does not exist: there are only "
                               f"{n_kv_heads} (0 to {n_kv_heads - 1})"), reference
     if answer == head % n_kv_heads:
@@ -1163,6 +1169,8 @@ def _kv_head(answer, *, head, heads_per_kv_head, n_kv_heads, n_heads=None, memor
                               "that"), reference
     if answer == head % heads_per_kv_head:
         return Verdict(WRONG, "head % heads_per_kv_head is the head's place inside its group, not the group"), reference
+    if off_by_one:
+        return Verdict(WRONG, "the query heads read the key/value head next to their group's: off by one"), reference
     return Verdict(WRONG, f"query head {head} reads key/value head {answer}, which is not its group's"), reference
 
 

@@ -436,7 +436,7 @@ LESSON_WRONG_ANSWERS = [
     ("        kv_head_for_this_head = ...", "        kv_head_for_this_head = head // n_kv_heads"),
     ("        hidden = ...", "        hidden = transformer_layer(hidden)"),
     ("        position_logits = ...", "        position_logits = (last_hidden @ weight(output_weight_name).T).float().cpu()"),
-    ("        ...  # exercise 16 (kv_cache): your code\n        ...",
+    ("        ...\n        ...",
      '        kv_cache["keys"][layer, start_position + 1:end_position + 1] = k\n'
      '        kv_cache["values"] = torch.zeros_like(kv_cache["values"])'),
     ("    LLAMA3_STOP_TOKENS = ...", '    LLAMA3_STOP_TOKENS = ("<|end_of_text|>", "<|eot_id|>")'),
