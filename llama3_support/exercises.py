@@ -139,16 +139,22 @@ class Unanswered:
         return "<no answer yet>"
 
 
+_parsed = {}  # (file or cell, its source) -> its `with` statements by line: a function's cell is parsed once
+
+
 def _frame_source(frame, lineno: int):
     """The `with` statement that starts at lineno in the frame's cell or file, parsed; None when unknown."""
     lines = linecache.getlines(frame.f_code.co_filename, frame.f_globals)
     if not lines:
         return None
-    try:
-        tree = ast.parse("".join(lines))
-    except SyntaxError:
-        return None
-    return next((node for node in ast.walk(tree) if isinstance(node, ast.With) and node.lineno == lineno), None)
+    key = (frame.f_code.co_filename, "".join(lines))
+    if key not in _parsed:
+        try:
+            tree = ast.parse(key[1])
+        except SyntaxError:
+            tree = ast.Module(body=[], type_ignores=[])
+        _parsed[key] = {node.lineno: node for node in ast.walk(tree) if isinstance(node, ast.With)}
+    return _parsed[key].get(lineno)
 
 
 def _input_variables(statement) -> dict:
@@ -1125,7 +1131,7 @@ def _kv_head_summary(verdicts) -> Verdict:
     if not own:  # every head of this checkpoint is right: a configuration of the check's own told the rule apart
         return wrong[0]
     messages = [verdict.message for verdict in own]
-    commonest = max(messages, key=messages.count)  # the mistake that most heads show
+    commonest = max(messages, key=lambda message: (messages.count(message), "does not exist" in message))
     return Verdict(WRONG, f"{len(verdicts) - len(own)} of {len(verdicts)} query heads read the right key/value "
                           f"head; {commonest}")
 
@@ -1158,7 +1164,7 @@ def _kv_head(answer, *, head, heads_per_kv_head, n_kv_heads, n_heads=None, memor
     if answer == reference:
         return Verdict(CORRECT), reference
     off_by_one = answer - reference in (1, -1)
-    if not 0 <= answer < n_kv_heads and not off_by_one:
+    if not 0 <= answer < n_kv_heads:
         return Verdict(WRONG, f"some query heads read a key/value head that does not exist: there are only "
                               f"{n_kv_heads} (0 to {n_kv_heads - 1})"), reference
     if answer == head % n_kv_heads:

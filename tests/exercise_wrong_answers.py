@@ -361,7 +361,7 @@ WRONG_ANSWERS = [
     W("kv_head", ("head // n_kv_heads",), ("you divide by n_kv_heads",), None, "head // n_kv_heads"),
     W("kv_head", ("head / heads_per_kv_head",), ("divide with //",), None, "true division"),
     W("kv_head", ("head",), ("there are only",), None, "the query head itself"),
-    W("kv_head", ("head // heads_per_kv_head + 1",), ("off by one",), None, "one group too far"),
+    W("kv_head", ("head // heads_per_kv_head + 1",), ("off by one", "does not exist"), None, "one group too far"),
     W("kv_head", ("head % heads_per_kv_head",), ("the head's place inside its group", "take turns over"), None,
       "head % heads_per_kv_head"),
     W("attention_residual", ("attention_output",), ("the residual connection is missing",), None, "no residual"),
