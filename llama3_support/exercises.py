@@ -85,8 +85,8 @@ class Exercise:
     answer_is: str = None          # the input that the answer itself is (the cache, written in place)
     parts: int = 1                 # how many names the answer has (gate, up, ffn_output: 3)
     probes: callable = None        # probes(**inputs) -> [inputs of the check's own], for a rule
-    snapshot: callable = None      # snapshot(inputs) -> what restore(inputs, saved) needs (the cache's layer)
-    restore: callable = None
+    snapshot: callable = None      # snapshot(inputs) -> what the reference needs to put back (the cache's layer),
+                                   # handed to judge and reference as memory["saved"]
 
 
 @dataclass
@@ -500,7 +500,7 @@ def solution_lines(name: str) -> list:
 def solution(name: str) -> None:
     """After both hints: print the lesson's own lines for the exercise."""
     exercise = ALL_EXERCISES[name]
-    if 2 not in _progress_of(name).hints_seen:
+    if not {1, 2} <= _progress_of(name).hints_seen:
         print(f"exercise {exercise.number} ({name}): the solution comes after the hints: hint({name!r}), then "
               f"hint({name!r}, 2)")
         return

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from llama3_support import exercises as checks  # noqa: E402
-from llama3_support.exercises import ALL_EXERCISES, not_attempted_line  # noqa: E402
+from llama3_support.exercises import not_attempted_line  # noqa: E402
 from refresh_stored_outputs import NOTE_KEY  # noqa: E402  (the walkthrough's cell about its stored outputs)
 
 METADATA_KEY = "exercises"
