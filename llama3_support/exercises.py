@@ -1357,22 +1357,27 @@ CACHE_NAMES = ("keys", "values")
 
 
 def _kv_cache_snapshot(inputs):
-    """This layer's part of the cache before the learner's line, and the cache's own tensors."""
+    """The cache before the learner's line: all of it when it is small (up to SNAPSHOT_BYTES a tensor), else this
+    layer's part; and the cache's own tensors."""
     cache, layer = inputs.get("kv_cache"), inputs.get("layer")
     if not isinstance(cache, dict):
         return None
-    return {name: (cache[name], cache[name][layer].clone()) for name in CACHE_NAMES
-            if isinstance(cache.get(name), torch.Tensor)}
+    tensors = {name: cache[name] for name in CACHE_NAMES if isinstance(cache.get(name), torch.Tensor)}
+    whole = all(tensor.numel() * tensor.element_size() <= SNAPSHOT_BYTES for tensor in tensors.values())
+    return {name: (tensor, tensor.clone() if whole else tensor[layer].clone(), whole) for name, tensor in tensors.items()}
 
 
 def _kv_cache_reference(kv_cache, layer, start_position, keys, values, memory=None):
-    """The cache as the walkthrough leaves it: this layer's part as it was before the learner's line (its own
-    tensors put back), with the new keys and values written at their positions."""
+    """The cache as the walkthrough leaves it: as it was before the learner's line (its own tensors put back),
+    with the new keys and values written at their positions in this layer."""
     saved = (memory or {}).get("saved")
     if saved:
-        for name, (tensor, before) in saved.items():
+        for name, (tensor, before, whole) in saved.items():
             kv_cache[name] = tensor
-            tensor[layer] = before
+            if whole:
+                tensor.copy_(before)
+            else:
+                tensor[layer] = before
     end_position = start_position + keys.shape[0]
     kv_cache["keys"][layer, start_position:end_position] = keys
     kv_cache["values"][layer, start_position:end_position] = values
@@ -1403,9 +1408,19 @@ def _kv_cache(answer, *, kv_cache, layer, start_position, keys, values, memory=N
         return wrong(f"kv_cache[{replaced!r}] is a new tensor: write into the cache's own tensor (assign to a slice "
                      f"of it), so that the keys and values of the positions before stay there")
     end_position = start_position + keys.shape[0]
+    if any(answer[name].shape != saved[name][0].shape for name in saved) if saved else False:
+        return wrong("the cache's tensors changed shape: write into a slice of them")
     written = {name: answer[name][layer] for name in CACHE_NAMES}
     new = {"keys": keys, "values": values}
-    before = ({name: saved[name][1] for name in CACHE_NAMES} if saved else None)
+    before = ({name: saved[name][1][layer] if saved[name][2] else saved[name][1] for name in CACHE_NAMES}
+              if saved else None)
+    other_layers = []  # the layers other than this one whose part the line changed (when the whole cache was kept)
+    if saved and all(saved[name][2] for name in CACHE_NAMES):
+        for name in CACHE_NAMES:
+            changed = (answer[name] != saved[name][1]).flatten(1).any(dim=1)
+            changed[layer] = False
+            other_layers += changed.nonzero().flatten().tolist()
+        other_layers = sorted(set(other_layers))
 
     def cache_with(placed: dict) -> dict:
         """This layer's part as it would be with `placed` (name -> (start, tensor)) written into it."""
@@ -1426,8 +1441,14 @@ def _kv_cache(answer, *, kv_cache, layer, start_position, keys, values, memory=N
         right_here = all(torch.equal(written[name][start_position:end_position], new[name]) for name in CACHE_NAMES)
     else:
         right_here = matches(right)
-    if right_here:
+    if right_here and not other_layers:
         return Verdict(CORRECT, "every key and value sits at its position, in its layer"), answer
+    if right_here:
+        return wrong(f"this layer's keys and values are in place, but the part of layer {_ranges(other_layers)} "
+                     "changed too")
+    if other_layers and matches(cache_with({})):
+        return wrong(f"the keys and values went into the part of layer {_ranges(other_layers)}: the cache's first "
+                     f"axis is the layer, and this is layer {layer}")
     if before is not None and matches(cache_with({})) and (keys.any() or values.any()):
         return Verdict(NOT_ATTEMPTED), _kv_cache_reference(kv_cache, layer, start_position, keys, values, memory)
     if before is not None:

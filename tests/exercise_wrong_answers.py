@@ -410,6 +410,8 @@ WRONG_ANSWERS = [
       "values not written"),
     W("kv_cache", ('kv_cache["keys"] = k', 'kv_cache["values"] = v'), ("is a new tensor",), None,
       "the cache's tensors replaced"),
+    W("kv_cache", ('kv_cache["keys"][0, start_position:end_position] = k', 'kv_cache["values"][0, start_position:end_position] = v'),
+      ("went into the part of layer 0",), None, "layer 0's part for every layer"),
     W("kv_cache", ('kv_cache["keys"][layer, start_position] = k', 'kv_cache["values"][layer, start_position] = v'),
       RAISES, None, "one position for all (raises)"),
     W("kv_cache", ('kv_cache["keys"][layer, start_position:end_position + 1] = torch.cat([k, k[-1:]])',
