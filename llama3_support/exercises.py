@@ -719,7 +719,7 @@ def _judge_exact(answer, reference, *, what, meaning, axes=(), dtype_advice="", 
     for mistake, message in mistakes:
         try:
             other = mistake()
-        except (RuntimeError, ValueError):
+        except Exception:  # noqa: BLE001 (a mistake that cannot be made on these inputs)
             continue
         if other.shape == answer.shape and torch.equal(answer, other.to(device=answer.device, dtype=answer.dtype)):
             return Verdict(WRONG, message)
@@ -888,6 +888,7 @@ def _heads(answer, *, wq, wk, wv, n_heads, n_kv_heads, head_dim, memory=None):
     problem = _parts(answer, 3, names)
     if problem:
         return problem, references
+    swapped = {"wk_per_kv_head": references[2], "wv_per_kv_head": references[1]}
     for name, mine, reference, whole, heads in zip(names, answer, references, (wq, wk, wv),
                                                    (n_heads, n_kv_heads, n_kv_heads)):
         rows_last = whole.T.reshape(heads, head_dim, whole.shape[1]) if whole.shape[0] == heads * head_dim else whole
@@ -899,7 +900,10 @@ def _heads(answer, *, wq, wk, wv, n_heads, n_kv_heads, head_dim, memory=None):
                                           "block of head_dim consecutive rows"),
                                          (lambda interleaved=interleaved: interleaved,
                                           f"{name} takes every {heads}-th row for a head: each head is a block of "
-                                          "head_dim consecutive rows (view(heads, head_dim, dim))")])
+                                          "head_dim consecutive rows (view(heads, head_dim, dim))"),
+                                         (lambda other=swapped.get(name): other,
+                                          "the keys and the values are swapped: wk_per_kv_head comes from wk, "
+                                          "wv_per_kv_head from wv")])
         if verdict.kind != CORRECT:
             if verdict.message.startswith(f"{name} has the wrong shape") and mine.shape[0] in (n_heads, n_kv_heads):
                 verdict = Verdict(WRONG, f"{verdict.message}: {name} has one block per "
@@ -1301,6 +1305,8 @@ def _layer_loop(answer, *, layer, first_input, layer_function, memory):
         mistakes=[(lambda: layer_function(first_input, layer),
                    f"layer {layer} read the embeddings, not the output of layer {layer - 1}"),
                   (lambda: layer_function(layer_input, 0), f"layer {layer} ran with the weights of layer 0"),
+                  (lambda: layer_function(layer_input, layer + 1),
+                   f"layer {layer} ran with the weights of layer {layer + 1}: the layer's number counts from 0"),
                   (lambda: layer_input, f"layer {layer} left the stream as it was: hidden is transformer_layer's result"),
                   (lambda: layer_input + reference, f"layer {layer}'s output is added to its input: transformer_layer "
                                                     "adds its residuals itself, so keep what it returns")])
