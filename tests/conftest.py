@@ -2,8 +2,9 @@
 
 `pytest` with no LLAMA3_DIR points the notebook at the demo; with LLAMA3_DIR set (to Meta's
 weights, say) the notebook is re-executed on that folder instead. The training notebook, re-executed
-by nbval with its default settings, writes its checkpoint into a temporary folder unless LLAMA3_TRAIN_OUT
-names one, so that `pytest` never replaces a model the user trained in checkpoints/tiny-shakespeare.
+by nbval with its default settings for NBVAL_TRAINING_STEPS steps, writes its checkpoint into a temporary folder
+unless LLAMA3_TRAIN_OUT names one, so that `pytest` never replaces a model the user trained in
+checkpoints/tiny-shakespeare.
 """
 
 import contextlib
@@ -22,6 +23,12 @@ TRAINING_NOTEBOOK = REPO / "train_llama3_from_scratch.ipynb"
 SMOLLM2_COPY = REPO / "llama3_from_scratch.smollm2.ipynb"  # the walkthrough executed on SmolLM2, every output kept
 EXERCISE_COPY = REPO / "llama3_from_scratch.exercises.ipynb"  # the walkthrough with blanks (tests/make_exercises.py)
 SLOW_TESTS = REPO / "tests" / "slow_tests.txt"  # the slow tier: what `pytest -m "not slow"` leaves out
+# nbval re-executes the training notebook for this many steps unless a setting says how long to train: every output
+# it compares (the text, the tokenizer, the batches, the model's shapes) is the default run's, and the run's
+# own numbers are the cells it does not compare. The full default run is the stored one
+# (tests/refresh_stored_outputs.py) and benchmarks/train_benchmark.py's.
+NBVAL_TRAINING_STEPS = "500"
+TRAINING_LENGTH_SETTINGS = {"LLAMA3_TRAIN_STEPS", "LLAMA3_TRAIN_MINUTES"}
 sys.path.insert(0, str(REPO))
 
 import download_weights  # noqa: E402
@@ -84,6 +91,8 @@ class NotebookEnvironment:
         for name in [name for name in os.environ if name.startswith("LLAMA3_")]:
             del os.environ[name]
         os.environ.update(item.config.session_settings)
+        if path.name == TRAINING_NOTEBOOK.name and not TRAINING_LENGTH_SETTINGS & set(os.environ):
+            os.environ["LLAMA3_TRAIN_STEPS"] = NBVAL_TRAINING_STEPS
         if path.name == SMOLLM2_COPY.name:
             if getattr(item.config, "smollm2_folder", None) is None:
                 from llama3_support.smollm2_checkpoint import INSTALL_COMMAND
