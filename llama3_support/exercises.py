@@ -68,13 +68,20 @@ class _Progress:
     memory: dict = field(default_factory=dict)  # what a loop's check carries from one call to the next
 
 
-EXERCISES = {}
+EXERCISES = {}      # the walkthrough's, numbered 1, 2, ... in its order
+ALL_EXERCISES = {}  # every notebook's (each set numbered on its own), by name: check, report and hint look here
 _progress = {}
 
 
-def _exercise(name: str, title: str, hints: tuple, reference: callable, **options):
+def _exercise(name: str, title: str, hints: tuple, reference: callable, registry: dict = None, **options):
+    """Register judge as exercise `name`, numbered next in registry (default: the walkthrough's EXERCISES)."""
+    registry = EXERCISES if registry is None else registry
+
     def register(judge):
-        EXERCISES[name] = Exercise(len(EXERCISES) + 1, name, title, judge, reference, hints, **options)
+        if name in ALL_EXERCISES:
+            raise ValueError(f"two exercises are named {name!r}: each name is one exercise of one notebook")
+        registry[name] = ALL_EXERCISES[name] = Exercise(len(registry) + 1, name, title, judge, reference, hints,
+                                                        **options)
         return judge
     return register
 
@@ -90,7 +97,7 @@ def _blank(answer) -> bool:
 
 def check(name: str, answer, **inputs):
     """Judge answer against the truth computed from inputs; return what the notebook goes on with."""
-    exercise, progress = EXERCISES[name], _progress.setdefault(name, _Progress())
+    exercise, progress = ALL_EXERCISES[name], _progress.setdefault(name, _Progress())
     if exercise.answer_is:
         inputs[exercise.answer_is] = answer
     caller = sys._getframe(1).f_code
@@ -108,7 +115,7 @@ def check(name: str, answer, **inputs):
 
 def verdict_of(name: str) -> Verdict:
     """The one verdict on everything check(name, ...) judged since the last report."""
-    exercise, progress = EXERCISES[name], _progress.setdefault(name, _Progress())
+    exercise, progress = ALL_EXERCISES[name], _progress.setdefault(name, _Progress())
     verdicts = progress.verdicts
     if not verdicts:
         return Verdict(NOT_ATTEMPTED, exercise.unchecked)
@@ -122,7 +129,7 @@ def verdict_of(name: str) -> Verdict:
 
 
 def line_of(name: str, verdict: Verdict) -> str:
-    exercise = EXERCISES[name]
+    exercise = ALL_EXERCISES[name]
     head = f"exercise {exercise.number} ({name}): {verdict.kind}"
     if verdict.kind == CORRECT:
         return f"{head}: {verdict.message}"
@@ -149,7 +156,7 @@ def last_verdict(name: str) -> Verdict:
 
 def hint(name: str, level: int = 1) -> None:
     """Print the exercise's first hint, or with level 2 the second, more direct one."""
-    exercise = EXERCISES[name]
+    exercise = ALL_EXERCISES[name]
     if level not in (1, 2):
         raise ValueError(f"hint({name!r}, {level}): there are two levels of hints, 1 and 2.")
     print(f"exercise {exercise.number} ({name}), {exercise.title}, hint {level}: {exercise.hints[level - 1]}")
