@@ -8,6 +8,11 @@ checkpoint's validation loss per character, the steps it took, the seconds of tr
 seconds (the merges and the encoding included) and the sample it wrote after training. The load average before
 and after each run is recorded: on a shared machine the same minutes buy fewer steps, so quote it with the
 figures. Results go to benchmarks/results/room-<date>.json.
+
+--steps-per-second RATE measures on a busy machine what a quiet one of that speed reaches: each run then takes
+round(minutes * 60 * RATE) steps with the ordinary step schedule instead of a time budget, which is the schedule
+LLAMA3_TRAIN_MINUTES gives a machine that trains RATE steps a second (the quality then depends on the steps, not
+on how long they took here). The default run's stored outputs give the rate of their machine: 3000 steps in 336 s.
 """
 
 import argparse
@@ -34,17 +39,22 @@ json.dump({"history": history, "best_step": best_step, "sample": sample_text(mod
 """
 
 
-def time_budget_run(minutes: float, settings: dict) -> dict:
-    """One run of the notebook with this budget: its kept quality, steps, seconds and sample."""
+def time_budget_run(minutes: float, settings: dict, steps_per_second: float = None) -> dict:
+    """One run of the notebook with this budget (or its steps at steps_per_second): its kept quality, steps,
+    seconds and sample."""
+    if steps_per_second:
+        budget = {"LLAMA3_TRAIN_STEPS": str(round(minutes * 60 * steps_per_second))}
+    else:
+        budget = {"LLAMA3_TRAIN_MINUTES": f"{minutes:g}"}
     with tempfile.TemporaryDirectory(prefix="llama3-room-run-") as scratch:
         run_path = Path(scratch) / "run.json"
         load_before = os.getloadavg()[0]
-        wall = run_training_notebook(Path(scratch) / "checkpoint", {**settings, "LLAMA3_TRAIN_MINUTES": f"{minutes:g}"},
+        wall = run_training_notebook(Path(scratch) / "checkpoint", {**settings, **budget},
                                      SAVE_RUN.replace("RUN_PATH", repr(str(run_path))))
         source = json.loads((Path(scratch) / "checkpoint" / "source.json").read_text())
         run = json.loads(run_path.read_text())
     history = run["history"]
-    return {"minutes": minutes, "val_nats_per_character": source["losses"]["val_nats_per_character"],
+    return {"minutes": minutes, "settings": budget, "val_nats_per_character": source["losses"]["val_nats_per_character"],
             "kept_step": run["best_step"], "steps_done": history[-1][0], "train_seconds": history[-1][1],
             "notebook_seconds": round(wall, 1), "load_before": load_before, "load_after": os.getloadavg()[0],
             "val_tokens_per_character": source["data"]["val_tokens_per_character"], "history": history,
@@ -55,18 +65,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=DEFAULT_BUDGETS,
                         help="the time budgets to run, in minutes of training (default: 1 2 3 5)")
+    parser.add_argument("--steps-per-second", type=float, metavar="RATE",
+                        help="run minutes * 60 * RATE steps on the step schedule instead of a time budget: what a "
+                             "machine of that speed reaches, measured on this one however busy it is")
     parser.add_argument("--device", help="LLAMA3_DEVICE for the notebook (default: as the notebook chooses)")
     args = parser.parse_args(argv)
     if any(minutes <= 0 for minutes in args.minutes):
         parser.error(f"--minutes {args.minutes}: each budget is a number of minutes above 0")
+    if args.steps_per_second is not None and args.steps_per_second <= 0:
+        parser.error(f"--steps-per-second {args.steps_per_second}: a rate above 0, say 8.93 (3000 steps in 336 s)")
     settings = {"LLAMA3_DEVICE": args.device} if args.device else {}
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-              "cores": os.cpu_count(), "runs": []}
+              "cores": os.cpu_count(), "steps_per_second": args.steps_per_second, "runs": []}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"room-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for minutes in args.minutes:
         print(f"training for {minutes:g} minutes ...", flush=True)
-        run = time_budget_run(minutes, settings)
+        run = time_budget_run(minutes, settings, args.steps_per_second)
         report["runs"].append(run)
         out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"{minutes:g} min: {run['val_nats_per_character']:.3f} nats per character (kept step {run['kept_step']} "

@@ -91,9 +91,9 @@ def _judge_differentiable(answer, leaves: dict, truth_of: callable, *, what: str
     if not needing or not torch.is_grad_enabled():
         return verdict, answer
     if not answer.requires_grad:
-        return Verdict(WRONG, f"your {what} has the right values, but no gradient flows back through it: it was "
-                              "computed outside autograd's view (.detach(), .item(), .numpy() or torch.no_grad()), "
-                              "so training could not learn through it"), reference
+        return Verdict(WRONG, f"the values of {what} are right, but no gradient flows back through them: they "
+                              "were computed outside autograd's view (.detach(), .item(), .numpy() or "
+                              "torch.no_grad()), so training could not learn through them"), reference
     projection = torch.randn(answer.shape, generator=_generator(), dtype=answer.dtype)
     mine = torch.autograd.grad(answer, [leaves[name] for name in needing], projection, retain_graph=True,
                                allow_unused=True)
@@ -104,13 +104,13 @@ def _judge_differentiable(answer, leaves: dict, truth_of: callable, *, what: str
         if true_gradient is None:
             continue
         if my_gradient is None:
-            return Verdict(WRONG, f"your {what} has the right values, but no gradient reaches {name}: it was used "
+            return Verdict(WRONG, f"the values of {what} are right, but no gradient reaches {name}: it was used "
                                   "outside autograd's view (.detach(), .data, or a copy), so it would never train"), reference
         tolerance = rounding_tolerance(our_gradient, true_gradient, answer.dtype, terms)
         error = (my_gradient.double() - true_gradient).abs().max().item()
         if not error <= tolerance:
-            return Verdict(WRONG, f"your {what} has the right values, but its gradient with respect to {name} does "
-                                  f"not: the largest difference, {error:.3g}, is more than rounding explains "
+            return Verdict(WRONG, f"the values of {what} are right, but their gradient with respect to {name} "
+                                  f"is not: the largest difference, {error:.3g}, is more than rounding explains "
                                   f"({tolerance:.2g})"), reference
     return Verdict(CORRECT, f"{verdict.message}; so do its gradients with respect to {', '.join(needing)}"), answer
 
@@ -631,7 +631,7 @@ def _adamw_groups(answer, *, model, memory=None):
         return Verdict(WRONG, f"{names[next(iter(both))]} is in both groups: each parameter goes in one"), reference
     missing = set(names) - mine[0] - mine[1]
     if missing:
-        return Verdict(WRONG, f"{len(missing)} parameters are in neither group ({names[sorted(missing)[0]]}, ...): "
+        return Verdict(WRONG, f"{len(missing)} parameter{'s are' if len(missing) > 1 else ' is'} in neither group ({names[sorted(missing)[0]]}, ...): "
                               "the optimizer would never train them"), reference
     decaying_gains = mine[0] & ours[1]
     if decaying_gains:
