@@ -222,7 +222,7 @@ def test_walkthrough_runs_on_the_trained_checkpoint(trained):
 
 @pytest.mark.parametrize("name, value", [("LLAMA3_TRAIN_STEPS", "-1"), ("LLAMA3_TRAIN_STEPS", "many"),
                                          ("LLAMA3_TRAIN_LR", "fast"), ("LLAMA3_TRAIN_KV_HEADS", "3"),
-                                         ("LLAMA3_DEVICE", "gpu")])
+                                         ("LLAMA3_TRAIN_MINUTES", "-1"), ("LLAMA3_DEVICE", "gpu")])
 def test_bad_setting_stops_the_notebook_before_any_work(tmp_path, name, value):
     folder = tmp_path / "out"
     with pytest.raises(CellExecutionError) as error:
