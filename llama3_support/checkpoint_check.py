@@ -60,8 +60,20 @@ def checkpoint_folder(folder: Path) -> Path:
     if missing:
         raise FileNotFoundError(
             f"The checkpoint folder {folder.resolve()} has no {', '.join(missing)}. Point LLAMA3_DIR at a folder "
-            "with Meta's three files (of a hub repository, its original/ folder). " + FETCH_AGAIN)
+            "with Meta's three files (of a hub repository, its original/ folder). " + next_step_without(folder))
     return folder
+
+
+def next_step_without(folder: Path) -> str:
+    """What to do when folder holds no checkpoint: read one this disk holds, else fetch or build one."""
+    from llama3_support.settings import checkpoints_on_disk, shown
+
+    on_disk = [path for path in checkpoints_on_disk() if path.resolve() != Path(folder).resolve()]
+    if not on_disk:
+        return FETCH_AGAIN
+    return (f"This disk holds {', '.join(shown(path) for path in on_disk)}: set LLAMA3_DIR to one of them, or "
+            "unset it to read the first. Another is built offline with `python download_weights.py --demo` or "
+            "`python download_weights.py --model SmolLM2-135M-Instruct`.")
 
 
 def read_json(path: Path) -> dict:

@@ -6,7 +6,8 @@ It checks the Python version; each package of requirements.txt, installed at a v
 importable; the checkpoint folder, complete and readable, with the walkthrough's own checks
 (checkpoint_check.open_checkpoint: params.json, every tensor's name and shape, the tokenizer); the memory
 available against what that checkpoint needs; and the free disk. Every FAIL line says what to do. Without
---checkpoint it checks the folder the walkthrough would read: LLAMA3_DIR, else its default.
+--checkpoint it checks the folder the walkthrough would read: LLAMA3_DIR, else the checkpoint the
+walkthrough takes without it (Meta-Llama-3-8B if it is there, else the one that is, SmolLM2 first).
 
 The exercise notebook's first cell calls preflight() too. Exit status: 0 when every line is OK, 1 otherwise.
 """
@@ -144,9 +145,9 @@ def check_disk(folder: Path) -> bool:
 def preflight(checkpoint_dir=None) -> bool:
     """Print one OK or FAIL line per requirement; True when every one is met. checkpoint_dir: the folder the
     room will use (default: LLAMA3_DIR, else the walkthrough's default)."""
-    from llama3_support.settings import DEFAULT_CHECKPOINT_DIR
+    from llama3_support.settings import default_checkpoint_dir
 
-    folder = Path(checkpoint_dir or os.environ.get("LLAMA3_DIR") or DEFAULT_CHECKPOINT_DIR)
+    folder = Path(checkpoint_dir or os.environ.get("LLAMA3_DIR") or default_checkpoint_dir())
     results = [check_python()]
     results += [check_requirement(requirement) for requirement in requirements()]
     checkpoint_folder = check_checkpoint(folder)

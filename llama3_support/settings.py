@@ -4,6 +4,7 @@ A typo stops the notebook at once, with the accepted values, rather than after a
 minutes on the 8B. The table of every setting is the last section of llama3_from_scratch.ipynb.
 """
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -11,7 +12,13 @@ from pathlib import Path
 
 import torch
 
+from llama3_support.checkpoint_folder import CHECKPOINTS, SOURCE_FILE
+
 DEFAULT_CHECKPOINT_DIR = "checkpoints/Meta-Llama-3-8B"  # relative to where the kernel runs: the repository
+DEFAULT_MODEL = Path(DEFAULT_CHECKPOINT_DIR).name
+SMOLLM2_MODEL = "SmolLM2-135M-Instruct"
+# With no LLAMA3_DIR: the first of these folders of checkpoints/ that holds a checkpoint, else any other one
+PREFERRED_CHECKPOINTS = (DEFAULT_MODEL, SMOLLM2_MODEL)
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
 DEFAULT_CHAT = "What is the answer to the ultimate question of life, the universe, and everything?"
 # the prompt of the stored SmolLM2 run: long enough, with words that repeat, for its heads' patterns to show
@@ -31,6 +38,58 @@ def setting(name: str, default: str, convert=str, is_valid=lambda value: True, a
     if not fits:
         raise ValueError(f"LLAMA3_{name}={text!r} is not accepted: use {accepted}.")
     return value
+
+
+def holds_checkpoint(folder: Path) -> bool:
+    """A folder with Meta's params.json, itself or in a hub repository's original/ folder."""
+    return (folder / "params.json").is_file() or (folder / "original" / "params.json").is_file()
+
+
+def is_demo(folder: Path) -> bool:
+    try:
+        return json.loads((folder / SOURCE_FILE).read_text()).get("kind") == "demo"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def checkpoints_on_disk(home: Path = None) -> list:
+    """The checkpoint folders in checkpoints/, in the order the default takes them: Meta's 8B, SmolLM2, then
+    any other real model by name, the demo's random weights last."""
+    home = Path(home or CHECKPOINTS)
+    found = sorted(folder for folder in home.glob("*") if folder.is_dir() and holds_checkpoint(folder))
+    preferred = [home / name for name in PREFERRED_CHECKPOINTS if home / name in found]
+    others = [folder for folder in found if folder not in preferred]
+    return preferred + [folder for folder in others if not is_demo(folder)] + [f for f in others if is_demo(f)]
+
+
+def default_checkpoint_dir(home: Path = None) -> Path:
+    """The folder read when LLAMA3_DIR is not set: Meta-Llama-3-8B if it is there, else the checkpoint that is
+    (SmolLM2 first); with none, Meta-Llama-3-8B, whose absence the checkpoint check then explains."""
+    on_disk = checkpoints_on_disk(home)
+    return on_disk[0] if on_disk else Path(DEFAULT_CHECKPOINT_DIR)
+
+
+def model_of(folder: Path) -> str:
+    """source.json's model (what download_weights.py records), else the folder's name."""
+    for candidate in (folder, folder / "original"):
+        try:
+            return json.loads((candidate / SOURCE_FILE).read_text())["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return folder.name
+
+
+def default_prompt_for(folder: Path) -> str:
+    """The prompt a checkpoint is known to answer: SMOLLM2_PROMPT on SmolLM2 (" Paris"), else Meta's ("42")."""
+    return SMOLLM2_PROMPT if model_of(folder) == SMOLLM2_MODEL else DEFAULT_PROMPT
+
+
+def shown(folder: Path) -> str:
+    """A folder as the reader would type it: relative to the working folder where it lies below it."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
 
 
 def best_device() -> str:
@@ -59,10 +118,18 @@ class WalkthroughSettings:
 
 
 def read_walkthrough_settings() -> WalkthroughSettings:
-    """Every LLAMA3_* setting of the walkthrough, converted and checked."""
+    """Every LLAMA3_* setting of the walkthrough, converted and checked. With no LLAMA3_DIR the checkpoint on
+    this disk is taken (default_checkpoint_dir), and said; with no LLAMA3_PROMPT, the prompt it answers."""
+    if "LLAMA3_DIR" in os.environ:
+        checkpoint_dir = Path(setting("DIR", DEFAULT_CHECKPOINT_DIR))
+    else:
+        checkpoint_dir = default_checkpoint_dir()
+        if checkpoint_dir.is_dir():
+            print(f"LLAMA3_DIR is not set: reading {shown(checkpoint_dir)}, the checkpoint found in "
+                  f"{shown(checkpoint_dir.parent)} (set LLAMA3_DIR to read another).")
     return WalkthroughSettings(
-        checkpoint_dir=Path(setting("DIR", DEFAULT_CHECKPOINT_DIR)),
-        prompt=setting("PROMPT", DEFAULT_PROMPT),
+        checkpoint_dir=checkpoint_dir,
+        prompt=setting("PROMPT", default_prompt_for(checkpoint_dir)),
         compute_dtype=setting("DTYPE", "bfloat16", DTYPES.__getitem__, accepted="bfloat16 or float32"),
         device=setting("DEVICE", best_device(), torch.device, device_is_available,
                        f"cpu, or a device this machine has (cuda: {torch.cuda.is_available()}, "

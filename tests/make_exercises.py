@@ -1,34 +1,39 @@
-"""Write the exercise copies, each notebook with blanks for the learner, from the notebook (NOTEBOOKS below):
-llama3_from_scratch.exercises.ipynb from the walkthrough, train_llama3_from_scratch.exercises.ipynb from the
-training notebook.
+"""Write an exercise copy of a lesson notebook, with blanks for the learner, from the lesson itself.
 
-    python tests/make_exercises.py                  # write both copies
-    python tests/make_exercises.py --check          # exit 1 if a committed copy is not what this writes
-    python tests/make_exercises.py --solutions DIR  # also write each copy with every blank filled in, into DIR
+    python tests/make_exercises.py                  # write llama3_from_scratch.exercises.ipynb
+    python tests/make_exercises.py --check          # exit 1 if the committed copy is not what this writes
+    python tests/make_exercises.py --solutions DIR  # also write the copy with every blank filled in, into DIR
 
-The exercise copy is never edited by hand. A walkthrough cell holds its exercises in its metadata, so that its
+The exercise copy is never edited by hand. A lesson cell holds its exercises in its metadata, so that its
 visible source stays as it is:
 
-    "exercises": [{"name": "rms_norm",                        # a name in llama3_support/exercises.py
+    "exercises": [{"name": "rms_norm",                        # a name in the lesson's ExerciseSet
                    "blank": ["    x_normed = x_float * ..."],  # consecutive lines of the cell, exactly
                    "check": "x_normed = check(\"rms_norm\", x_normed, x_float=x_float, norm_eps=norm_eps)",
                    "answer": "position_logits",                # for a blank `return ...`: the name it gets
                    "report_after": "61137d0f",                 # the report after that cell, not this one
                    "report": "report(\"top_p\", probe=...)"}]  # a report of its own
 
-In the copy each blank line becomes `name = ...` (`...` for a line that assigns into a tensor); a blank whose
-first line opens a block (a `for` or `while` loop and its body) becomes one `...` line. The check line
-follows at the indentation of the blank's first line, and a code cell after the cell (or after report_after) reports one line per
-exercise. The lesson's stored outputs are the walkthrough's (true for Meta-Llama-3-8B, stored on the demo); a
-report cell stores the line a blank gives, "not attempted yet". The copy opens with the workshop's pre-flight
-check (stored empty) and the import of check, hint and report.
+In the copy the blank lines go into a block that takes the check's inputs before the learner's line runs:
+
+    with exercise("rms_norm", x_float=x_float, norm_eps=norm_eps) as x_normed:
+        x_normed = ...  # exercise 3 (rms_norm): your code
+    x_normed = check("rms_norm", x_normed)
+
+(`...` alone for a line that assigns into a tensor). The printouts that follow the check in its cell are shown
+only once the answer is right (`with withheld(name):`), and a cell with a blank stores no output, so that
+nothing in the copy gives an answer away. A code cell after the cell (or after report_after) reports one line
+per exercise; the last cell is the scoreboard. The lesson's other stored outputs are the lesson's; a report cell
+stores the line a blank gives, "not attempted yet". The copy opens with the workshop's pre-flight check (stored
+empty) and the imports.
+
+Each lesson with exercises is one Lesson below: its notebook, its copy, its intro, imports and last cell.
 """
 
 import argparse
 import ast
 import copy
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,33 +42,35 @@ import nbformat
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llama3_support.exercises import EXERCISES, not_attempted_line  # noqa: E402
-from llama3_support.training_exercises import TRAINING_EXERCISES  # noqa: E402
+from llama3_support import exercises as checks  # noqa: E402
+from llama3_support.exercises import not_attempted_line  # noqa: E402
 from refresh_stored_outputs import NOTE_KEY  # noqa: E402  (the walkthrough's cell about its stored outputs)
 
-WALKTHROUGH = REPO / "llama3_from_scratch.ipynb"
-EXERCISE_COPY = REPO / "llama3_from_scratch.exercises.ipynb"
-SOLUTION_NAME = "llama3_from_scratch.solutions.ipynb"
 METADATA_KEY = "exercises"
 IGNORE_MARKER = "# NBVAL_IGNORE_OUTPUT"
 
 INTRO = """# Llama 3 from scratch: exercises
 
 The walkthrough, `llama3_from_scratch.ipynb`, with {count} of its steps left for you to write. Where a line reads
-`name = ...  # exercise N (name): ...`, replace the `...` with your code and run the cell. The line after it hands
-your answer to `check`, and the cell after the exercise prints one line:
+`name = ...  # exercise N (name): your code`, replace the `...` with your code and run the cell. The block around
+your line (`with exercise(...)`) takes the step's inputs before your line runs; the line after it hands your answer
+to `check`, and the cell after the exercise prints one line:
 
 - `not attempted yet`: the blank is still there;
 - `correct`, with what the number means: how close your result is to the truth computed in float64 from the same
-  inputs, in units in the last place;
+  inputs, in units in the last place. From then on the lesson goes on with your own result;
 - `wrong`, with what is wrong: the shape (which axis), the dtype, the positions or heads that are off, or a typical
-  mistake recognised. It never shows the expected values.
+  mistake recognised; if your line raised an error, which one. It never shows the expected values, and a cell's
+  printout of the step's result is withheld until your answer is right.
 
-Stuck? `hint("rms_norm")`, then `hint("rms_norm", 2)`. Or go on: after a blank or a wrong answer the cells below use
-the reference result, so the lesson runs to its end whatever you have written. The checks work on every checkpoint
-(`LLAMA3_DIR`): the demo, SmolLM2-135M-Instruct, a model you trained, or Meta's.
+Stuck? `hint("rms_norm")`, then `hint("rms_norm", 2)`, then `solution("rms_norm")`. Or go on: after a blank, a
+wrong answer or an error the cells below use the reference result, so the lesson runs to its end whatever you
+have written. The checks work on every checkpoint (`LLAMA3_DIR`): the demo, SmolLM2-135M-Instruct, a model you
+trained, or Meta's. The last cell, the scoreboard, prints every exercise's line and whether the prediction is
+your own code's.
 
-The exercises, by the name that `check`, `hint` and `report` take:
+The exercises, by the name that `check`, `hint`, `solution` and `report` take, with a time budget and a
+difficulty from 1 to 3:
 
 {listing}
 
@@ -78,74 +85,42 @@ from llama3_support.preflight import preflight
 requirements_met = preflight(os.environ.get("LLAMA3_DIR"))  # one OK or FAIL line each: fix every FAIL first"""
 
 # the copy's own text in the cell that says what is stored: the walkthrough's outputs, and the reports' lines
-STORED_OUTPUTS_NOTE = """This copy keeps the walkthrough's stored outputs, which Meta-Llama-3-8B prints too: shapes, token ids, the
-configuration, rotary frequencies, masks; each report cell stores the line a blank gives, `not attempted yet`.
-Cells whose output depends on the weights' values are stored empty (they carry `# NBVAL_IGNORE_OUTPUT`): run
-them to see your checkpoint's numbers, and your checks' verdicts."""
+STORED_OUTPUTS_NOTE = """This copy keeps the walkthrough's stored outputs, which Meta-Llama-3-8B prints too (shapes, the
+configuration), except in the cells with a blank, which store nothing, so that no output gives an answer away; each
+report cell stores the line a blank gives, `not attempted yet`. Cells whose output depends on the weights' values
+are stored empty (they carry `# NBVAL_IGNORE_OUTPUT`): run them to see your checkpoint's numbers, and your checks'
+verdicts."""
 
-IMPORTS = "from llama3_support.exercises import check, hint, report, sample_once"
+IMPORTS = ("from llama3_support.exercises import (check, exercise, hint, report, sample_once, scoreboard, solution,\n"
+           "                                      withheld)")
 
-TRAINING_NOTEBOOK = REPO / "train_llama3_from_scratch.ipynb"
-TRAINING_COPY = REPO / "train_llama3_from_scratch.exercises.ipynb"
-TRAINING_SOLUTION_NAME = "train_llama3_from_scratch.solutions.ipynb"
-
-TRAINING_INTRO = """# Write and train your own Llama 3: exercises
-
-The training notebook, `train_llama3_from_scratch.ipynb`, with {count} of its steps left for you to write: the
-byte-pair encoding, Llama 3's modules, the loss, the optimizer, the schedule, the training step and the sampler.
-Where a line reads `name = ...  # exercise N (name): ...` (or just `...  # exercise N`), replace the `...` with
-your code and run the cell. The cell after it prints one line per exercise:
-
-- `not attempted yet`: the blank is still there;
-- `correct`: your result equals the float64 truth within rounding; for a module, its gradients too, with respect
-  to its input and every weight, on a configuration of the check's own (4 query heads over 2 key/value heads, say);
-- `wrong`, with what is wrong: a shape, a missing piece, a typical mistake recognised. It never shows the answer.
-
-A correct module is used as it is: the model that trains is made of your classes, running your code, and its
-weights are the ones the optimizer updates. A blank or a wrong one falls back to the reference arithmetic, on your
-module's own weights, and its line says so, so the notebook always runs to its end. Stuck? `hint("rmsnorm_module")`,
-then `hint("rmsnorm_module", 2)`.
-
-The exercises, by the name that `check`, `hint` and `report` take:
-
-{listing}
-
-For the room: `LLAMA3_TRAIN_MINUTES=3` trains for three minutes (docs/workshop.md, part 2). This notebook is
-written by `python tests/make_exercises.py` from the training notebook: edit that, not this copy."""
-
-TRAINING_IMPORTS = """from llama3_support import training_exercises
-from llama3_support.training_exercises import check, hint, report"""
-
-TRAINING_CLOSING = """## Your model in the walkthrough
-
-Your checkpoint, trained by your own code, is in the folder the settings named (`LLAMA3_TRAIN_OUT`, by default
-`checkpoints/tiny-shakespeare`). Open the walkthrough, or its exercise copy, on it, with these two settings (in
-PowerShell `$env:LLAMA3_DIR = "checkpoints/tiny-shakespeare"`, in cmd `set LLAMA3_DIR=checkpoints/tiny-shakespeare`,
-in bash or zsh `export LLAMA3_DIR=checkpoints/tiny-shakespeare`; the same for `LLAMA3_PROMPT="ROMEO:"`), then
-`jupyter lab llama3_from_scratch.exercises.ipynb`. Its attention maps, logit lens and generated text are then your
-model's."""
+SCOREBOARD = f"""{IGNORE_MARKER}
+scoreboard(prediction=tokenizer.decode([next_token]))  # every exercise's line, and whose code made the prediction"""
 
 
-@dataclass(frozen=True)
-class ExerciseSet:
-    """One notebook and its exercise copy: where the marks are read, where the copy goes, and its own cells."""
-    source: Path
-    copy: Path
-    solution_name: str
-    exercises: dict
-    intro: str
-    imports: str
-    preflight: str = None        # a first code cell that checks the machine (the walkthrough's, for its checkpoint)
-    stored_note: str = None      # the copy's text of the cell marked NOTE_KEY
-    closing: str = None          # a last markdown cell
+@dataclass
+class Lesson:
+    """One lesson notebook with exercises, and everything of its copy that is its own."""
+    notebook: Path          # the lesson, with the marks in its cells' metadata
+    copy: Path              # the exercise copy written from it
+    solution_name: str      # the copy with every blank filled in (--solutions DIR)
+    exercise_set: object    # its ExerciseSet in llama3_support/exercises.py
+    intro: str              # the first cell, {count} and {listing} filled in
+    cells: tuple            # (id, source) of the code cells after the intro: pre-flight, imports
+    last_cells: tuple       # (id, source) of the code cells at the end: the scoreboard
+    stored_outputs_note: str = None  # the copy's text for the lesson's cell about its stored outputs (NOTE_KEY)
 
 
-NOTEBOOKS = {
-    "walkthrough": ExerciseSet(WALKTHROUGH, EXERCISE_COPY, SOLUTION_NAME, EXERCISES, INTRO, IMPORTS, PREFLIGHT,
-                               STORED_OUTPUTS_NOTE),
-    "training": ExerciseSet(TRAINING_NOTEBOOK, TRAINING_COPY, TRAINING_SOLUTION_NAME, TRAINING_EXERCISES,
-                            TRAINING_INTRO, TRAINING_IMPORTS, closing=TRAINING_CLOSING),
-}
+WALKTHROUGH_LESSON = Lesson(
+    notebook=REPO / "llama3_from_scratch.ipynb", copy=REPO / "llama3_from_scratch.exercises.ipynb",
+    solution_name="llama3_from_scratch.solutions.ipynb", exercise_set=checks.WALKTHROUGH, intro=INTRO,
+    cells=(("exercises-preflight", PREFLIGHT), ("exercises-imports", IMPORTS)),
+    last_cells=(("exercises-scoreboard", SCOREBOARD),), stored_outputs_note=STORED_OUTPUTS_NOTE)
+LESSONS = {"walkthrough": WALKTHROUGH_LESSON}
+
+# the walkthrough's, under the names the tests use
+WALKTHROUGH, EXERCISE_COPY, SOLUTION_NAME = WALKTHROUGH_LESSON.notebook, WALKTHROUGH_LESSON.copy, WALKTHROUGH_LESSON.solution_name
+EXERCISES = checks.WALKTHROUGH.exercises
 
 
 class ExerciseMarkError(ValueError):
@@ -166,48 +141,85 @@ def blank_line(line: str, answer: str = None) -> tuple:
     return f"{indent}...", line, None
 
 
-def opens_a_block(blank: list) -> bool:
-    """Whether the blank is one loop (or other block) with its body: it becomes a single `...` line."""
-    try:
-        ast.parse(blank[0].strip())
-        return False
-    except SyntaxError:
-        body = ast.parse(textwrap.dedent("\n".join(blank))).body
-        return len(body) == 1 and isinstance(body[0], (ast.For, ast.While, ast.If, ast.With))
+def split_check(exercise: dict) -> tuple:
+    """The check line of a mark as (its assignment's target, the answer, the inputs' keywords), all source text."""
+    text = exercise["check"]
+    statement = ast.parse(text).body[0]
+    call = statement.value if isinstance(statement, ast.Assign) else None
+    if call is None or not isinstance(call, ast.Call) or len(call.args) != 2:
+        raise ExerciseMarkError(f"exercise {exercise['name']!r}: the check line should read "
+                                f"`name = check(\"{exercise['name']}\", answer, input=value, ...)`: {text!r}")
+    target = ast.get_source_segment(text, statement.targets[0])
+    answer = ast.get_source_segment(text, call.args[1])
+    keywords = ", ".join(f"{keyword.arg}={ast.get_source_segment(text, keyword.value)}" for keyword in call.keywords)
+    return target, answer, keywords
 
 
-def exercise_lines(cell, exercise: dict, lines: list, solutions: bool, exercises: dict = EXERCISES) -> list:
-    """The cell's lines with this exercise's blank lines replaced, and its check line after them."""
+def exercise_lines(cell, exercise: dict, lines: list, solutions: bool, exercise_set) -> list:
+    """The cell's lines with this exercise's blank lines in a `with exercise(...)` block, and its check after them."""
     name, blank = exercise["name"], exercise["blank"]
-    if name not in exercises:
-        raise ExerciseMarkError(f"cell {cell.id} marks an exercise {name!r} that its set of exercises lacks")
+    if name not in exercise_set.exercises:
+        raise ExerciseMarkError(f"cell {cell.id} marks an exercise {name!r} that llama3_support/exercises.py lacks")
     starts = [i for i in range(len(lines) - len(blank) + 1) if lines[i:i + len(blank)] == blank]
     if len(starts) != 1:
         raise ExerciseMarkError(
             f"cell {cell.id} of the walkthrough holds the lines that exercise {name!r} blanks {len(starts)} times, not "
             "once: the cell changed, so update its 'exercises' metadata to the lines as they read now")
-    start, returned = starts[0], None
-    written = []
-    first_indent = blank[0][:len(blank[0]) - len(blank[0].lstrip())]
-    if opens_a_block(blank):
-        number = exercises[name].number
-        written = blank[:] if solutions else [f"{first_indent}...  # exercise {number} ({name}): your code"]
-        written.append(f"{first_indent}{exercise['check']}")
-        return lines[:start] + written + lines[start + len(blank):]
+    start, returned, targets = starts[0], None, []
+    indent = blank[0][:len(blank[0]) - len(blank[0].lstrip())]
+    body = []
     for index, line in enumerate(blank):
         mine, solution, target = blank_line(line, exercise.get("answer"))
         if isinstance(ast.parse(line.strip()).body[0], ast.Return):
             returned = target
+        if target:
+            targets.append(target)
         if solutions:
-            written.append(solution)
+            body.append(f"    {solution}")
         else:
-            number = exercises[name].number
-            written.append(f"{mine}  # exercise {number} ({name}): your code" if index == 0 else mine)
-    indent = blank[-1][:len(blank[-1]) - len(blank[-1].lstrip())]
-    written.append(f"{indent}{exercise['check']}")
+            number = exercise_set.exercises[name].number
+            body.append(f"    {mine}  # exercise {number} ({name}): your code" if index == 0 else f"    {mine}")
+    check_target, answer, keywords = split_check(exercise)
+    answer_is = exercise_set.exercises[name].answer_is
+    if answer_is:  # the answer is an input written in place (the cache): the block takes it too
+        keywords = f"{answer_is}={answer}" + (f", {keywords}" if keywords else "")
+    if len(targets) != exercise_set.exercises[name].parts and targets:
+        raise ExerciseMarkError(f"exercise {name!r} blanks {len(targets)} names; its check expects "
+                                f"{exercise_set.exercises[name].parts}")
+    bound = "" if not targets else f" as {targets[0]}" if len(targets) == 1 else f" as ({', '.join(targets)})"
+    opening = f"{indent}with exercise({name!r}{', ' + keywords if keywords else ''}){bound}:".replace("'", '"')
+    written = [opening] + body + [f"{indent}{check_target} = check(\"{name}\", {answer})"]
     if returned:
         written.append(f"{indent}return {returned}")
     return lines[:start] + written + lines[start + len(blank):]
+
+
+def withhold_printouts(lines: list, names: list) -> list:
+    """The cell's top-level print() statements after its last top-level check, each run of them inside
+    `with withheld(name):`, so that they show the step's result only once the learner's answer is right."""
+    source = "\n".join(lines)
+    tree = ast.parse(source)
+    checks_at_top = [statement for statement in tree.body if isinstance(statement, ast.Assign)
+                     and isinstance(statement.value, ast.Call) and getattr(statement.value.func, "id", "") == "check"]
+    if not checks_at_top:
+        return lines
+    last_check = checks_at_top[-1]
+    name = ast.literal_eval(last_check.value.args[0])
+    runs, run = [], []
+    for statement in tree.body:
+        is_print = (statement.lineno > last_check.lineno and isinstance(statement, ast.Expr)
+                    and isinstance(statement.value, ast.Call) and getattr(statement.value.func, "id", "") == "print")
+        if is_print:
+            run.append(statement)
+        elif run:
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    for run in reversed(runs):
+        first, last = run[0].lineno - 1, run[-1].end_lineno
+        lines = lines[:first] + [f"with withheld(\"{name}\"):"] + [f"    {line}" for line in lines[first:last]] + lines[last:]
+    return lines
 
 
 def report_cell(names_and_sources: list, cell_id: str, solutions: bool):
@@ -219,37 +231,44 @@ def report_cell(names_and_sources: list, cell_id: str, solutions: bool):
     return cell
 
 
+def listing_line(exercise) -> str:
+    return (f"{exercise.number}. {exercise.title} (`{exercise.name}`): {exercise.minutes} min, difficulty "
+            f"{exercise.difficulty}")
+
+
 def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = False,
-                      exercise_set: ExerciseSet = NOTEBOOKS["walkthrough"]) -> nbformat.NotebookNode:
-    """The exercise copy of a notebook (solutions=True: every blank filled in, outputs left out)."""
-    notebook, registry = copy.deepcopy(walkthrough), exercise_set.exercises
+                      lesson: Lesson = WALKTHROUGH_LESSON) -> nbformat.NotebookNode:
+    """The exercise copy of the lesson (solutions=True: every blank filled in, outputs left out)."""
+    registered = lesson.exercise_set.exercises
+    notebook = copy.deepcopy(walkthrough)
     marked = [exercise["name"] for cell in notebook.cells for exercise in cell.metadata.get(METADATA_KEY, [])]
-    if sorted(marked) != sorted(registry) or len(set(marked)) != len(marked):
-        raise ExerciseMarkError(f"the notebook marks {marked}; its set of exercises has {list(registry)}: "
+    if sorted(marked) != sorted(registered) or len(set(marked)) != len(marked):
+        raise ExerciseMarkError(f"the walkthrough marks {marked}; llama3_support/exercises.py has {list(registered)}: "
                                 "each exercise is marked once")
-    if marked != sorted(marked, key=lambda name: registry[name].number):
-        raise ExerciseMarkError(f"the notebook marks the exercises in the order {marked}: number them so where "
-                                "they are registered")
-    listing = "\n".join(f"{registry[name].number}. {registry[name].title} (`{name}`)" for name in marked)
-    intro = nbformat.v4.new_markdown_cell(exercise_set.intro.format(count=len(marked), listing=listing))
+    if marked != sorted(marked, key=lambda name: registered[name].number):
+        raise ExerciseMarkError(f"the walkthrough marks the exercises in the order {marked}: number them so in "
+                                "llama3_support/exercises.py")
+    listing = "\n".join(listing_line(registered[name]) for name in marked)
+    intro = nbformat.v4.new_markdown_cell(lesson.intro.format(count=len(marked), listing=listing))
     intro.id = "exercises-intro"
     cells, waiting = [intro], {}
-    if exercise_set.preflight:
-        preflight = nbformat.v4.new_code_cell(exercise_set.preflight)
-        preflight.id = "exercises-preflight"
-        cells.append(preflight)
-    imports = nbformat.v4.new_code_cell(exercise_set.imports)
-    imports.id = "exercises-imports"
-    cells.append(imports)
+    for cell_id, source in lesson.cells:
+        cells.append(nbformat.v4.new_code_cell(source))
+        cells[-1].id = cell_id
     for cell in notebook.cells:
         exercises = cell.metadata.pop(METADATA_KEY, [])
-        if cell.metadata.get(NOTE_KEY) and exercise_set.stored_note:
-            cell.source = exercise_set.stored_note
+        if cell.metadata.get(NOTE_KEY) and lesson.stored_outputs_note:
+            cell.source = lesson.stored_outputs_note
         lines = cell.source.split("\n")
         for exercise in exercises:
-            lines = exercise_lines(cell, exercise, lines, solutions, registry)
+            lines = exercise_lines(cell, exercise, lines, solutions, lesson.exercise_set)
             report = (exercise["name"], exercise.get("report", f"report({exercise['name']!r})"))
             waiting.setdefault(exercise.get("report_after", cell.id), []).append(report)
+        if exercises:
+            lines = withhold_printouts(lines, [exercise["name"] for exercise in exercises])
+            if lines[0] != IGNORE_MARKER:
+                lines = [IGNORE_MARKER] + lines
+            cell.outputs = []
         cell.source = "\n".join(lines)
         if solutions and cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -258,11 +277,10 @@ def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = Fals
         if reports:
             cells.append(report_cell(reports, f"check-{reports[0][0].replace('_', '-')}", solutions))
     if waiting:
-        raise ExerciseMarkError(f"no cell of the notebook has the id that report_after names: {sorted(waiting)}")
-    if exercise_set.closing:
-        closing = nbformat.v4.new_markdown_cell(exercise_set.closing)
-        closing.id = "exercises-closing"
-        cells.append(closing)
+        raise ExerciseMarkError(f"no cell of the walkthrough has the id that report_after names: {sorted(waiting)}")
+    for cell_id, source in lesson.last_cells:
+        cells.append(nbformat.v4.new_code_cell(source))
+        cells[-1].id = cell_id
     notebook.cells = cells
     if not solutions:
         number_executed_cells(notebook)
@@ -291,40 +309,33 @@ def written(notebook: nbformat.NotebookNode) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lesson", choices=sorted(LESSONS), default="walkthrough",
+                        help="which lesson's exercise copy to write (default: the walkthrough)")
     parser.add_argument("--check", action="store_true", help="write nothing: exit 1 if the committed copy differs")
     parser.add_argument("--solutions", type=Path, metavar="DIR",
-                        help="also write each copy with every blank filled in (" + ", ".join(
-                            exercise_set.solution_name for exercise_set in NOTEBOOKS.values()) +
-                        ") into DIR (a folder that exists)")
+                        help=f"also write {SOLUTION_NAME}, every blank filled in, into DIR (a folder that exists)")
     args = parser.parse_args(argv)
+    lesson = LESSONS[args.lesson]
     if args.solutions is not None and not args.solutions.is_dir():
         parser.error(f"--solutions {args.solutions}: no such folder. Create it first, or name a temporary one.")
-    status = 0
-    for exercise_set in NOTEBOOKS.values():
-        status = max(status, write_copy(exercise_set, args.check, args.solutions))
-    return status
-
-
-def write_copy(exercise_set: ExerciseSet, check_only: bool, solutions_dir: Path = None) -> int:
-    """Write (or with check_only compare) one exercise copy, and its solutions copy into solutions_dir."""
-    source = nbformat.read(exercise_set.source, as_version=4)
+    source = nbformat.read(lesson.notebook, as_version=4)
     try:
-        text = written(exercise_notebook(source, exercise_set=exercise_set))
+        text = written(exercise_notebook(source, lesson=lesson))
     except ExerciseMarkError as error:
-        print(f"{exercise_set.source.name}: {error}", file=sys.stderr)
+        print(f"{lesson.notebook.name}: {error}", file=sys.stderr)
         return 1
-    if check_only:
-        if not exercise_set.copy.is_file() or exercise_set.copy.read_text() != text:
-            print(f"{exercise_set.copy.name} is not what {exercise_set.source.name} gives now: run "
-                  "python tests/make_exercises.py", file=sys.stderr)
+    if args.check:
+        if not lesson.copy.is_file() or lesson.copy.read_text() != text:
+            print(f"{lesson.copy.name} is not what {lesson.notebook.name} gives now: run python tests/make_exercises.py"
+                  + (f" --lesson {args.lesson}" if args.lesson != "walkthrough" else ""), file=sys.stderr)
             return 1
-        print(f"{exercise_set.copy.name} is up to date")
+        print(f"{lesson.copy.name} is up to date")
     else:
-        exercise_set.copy.write_text(text)
-        print(f"wrote {exercise_set.copy.name}: {len(exercise_set.exercises)} exercises")
-    if solutions_dir is not None:
-        path = solutions_dir / exercise_set.solution_name
-        path.write_text(written(exercise_notebook(source, solutions=True, exercise_set=exercise_set)))
+        lesson.copy.write_text(text)
+        print(f"wrote {lesson.copy.name}: {len(lesson.exercise_set.exercises)} exercises")
+    if args.solutions is not None:
+        path = args.solutions / lesson.solution_name
+        path.write_text(written(exercise_notebook(source, solutions=True, lesson=lesson)))
         print(f"wrote {path}")
     return 0
 

