@@ -3,7 +3,7 @@
 train_llama3_from_scratch.exercises.ipynb (written by tests/make_exercises.py from the training notebook)
 leaves some of its code blank, and hands each answer to check() as the walkthrough's copy does
 (llama3_support/exercises.py: check, report, hint, the line a verdict prints). This module registers the
-training notebook's own numbered set, TRAINING_EXERCISES, in that machinery.
+training notebook's own numbered set, TRAINING_SET (an ExerciseSet), in that machinery.
 
 A module (RMSNorm, the rotation, attention with grouped-query heads, SwiGLU, the block) is judged when the
 cell after its class runs report() with a probe: the learner's own class, built on a configuration of the
@@ -23,19 +23,21 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from llama3_support.exercises import (CORRECT, NOT_ATTEMPTED, WRONG, Verdict, _exercise, _judge_values, _Progress,
-                                      _progress, _shape_dtype_device, check, hint, last_verdict, report)
+from llama3_support.exercises import (CORRECT, NOT_ATTEMPTED, WRONG, ExerciseSet, Verdict, _judge_values, _Progress,
+                                      _progress, _shape_dtype_device, check, exercise, hint, last_verdict, report,
+                                      scoreboard, solution, withheld)
 from llama3_support.rounding import SAFETY, rounding_floor, rounding_tolerance
 
-__all__ = ["TRAINING_EXERCISES", "check", "hint", "report", "last_verdict", "probe"]
+__all__ = ["TRAINING_SET", "TRAINING_EXERCISES", "check", "exercise", "hint", "report", "last_verdict", "probe",
+           "scoreboard", "solution", "withheld"]
 
-TRAINING_EXERCISES = {}  # numbered 1, 2, ... in the training notebook's order
+TRAINING_SET = ExerciseSet("train_llama3_from_scratch.ipynb")
+TRAINING_EXERCISES = TRAINING_SET.exercises  # numbered 1, 2, ... in the training notebook's order
 GRADIENT_SEED = 0        # seeds the random projection whose gradients are compared
 JUDGED_STEPS = 5         # training steps whose clipping and optimizer step are judged in full
 
 
-def _training_exercise(name: str, title: str, hints: tuple, reference: callable, **options):
-    return _exercise(name, title, hints, reference, registry=TRAINING_EXERCISES, **options)
+_training_exercise = TRAINING_SET.exercise
 
 
 def _raised(name: str, error: Exception) -> None:
@@ -147,7 +149,7 @@ PAIRS_PROBE = {(b"a", b"a", b"a"): 2, (b"a", b"b", b"a", b"b"): 3, (b"b",): 5, (
     "Each chunk is a tuple of pieces and occurs `count` times in the text: each pair of neighbours in it "
     "counts that many times.",
     "For each (pieces, count): for each pair in zip(pieces, pieces[1:]), add count to pair_counts[pair]."),
-    _count_pairs_reference)
+    _count_pairs_reference, minutes=5, difficulty=1)
 def _bpe_pairs(answer, *, pieces_with_counts, memory=None):
     reference = _count_pairs_reference(pieces_with_counts)
     if not isinstance(answer, dict):
@@ -215,7 +217,7 @@ MERGE_PROBES = [((b"a", b"a", b"a"), (b"a", b"a")), ((b"a", b"b", b"a", b"b"), (
     "Walk through the pieces left to right: where the pair starts, the two pieces become one (their bytes "
     "joined) and you jump past both; elsewhere the piece stays.",
     "while i < len(pieces): if pieces[i:i + 2] == pair, append pair[0] + pair[1] and i += 2; else append "
-    "pieces[i] and i += 1."), _merge_pair_reference, summarize=_summary_of_probes)
+    "pieces[i] and i += 1."), _merge_pair_reference, summarize=_summary_of_probes, minutes=8, difficulty=2)
 def _bpe_merge(answer, *, pieces, pair, memory=None):
     reference = _merge_pair_reference(pieces, pair)
     if not isinstance(answer, (list, tuple)):
@@ -263,7 +265,7 @@ def _rmsnorm_reference(module, x, memory=None):
     "Divide each position's vector by its root mean square (over the last axis, eps added under the root), "
     "then scale each coordinate by the learned gain, self.weight.",
     "x_float * torch.rsqrt(x_float.pow(2).mean(dim=-1, keepdim=True) + self.eps), .type_as(x), times "
-    "self.weight."), _rmsnorm_reference, summarize=_summary_of_probes)
+    "self.weight."), _rmsnorm_reference, summarize=_summary_of_probes, minutes=5, difficulty=1)
 def _rmsnorm_module(answer, *, module, x, memory=None):
     eps = module.eps
     return _judge_differentiable(
@@ -319,7 +321,7 @@ def _probe_rotations(positions: int, head_dim: int, theta: float = 10000.0) -> t
     "Read each neighbouring pair of the last axis, (x0, x1), (x2, x3), ..., as one complex number, multiply it "
     "by its rotation, and read the result back as pairs of real numbers.",
     "torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2)) * rotations, then torch.view_as_real(...)"
-    ".flatten(-2).type_as(x)."), _rope_reference, summarize=_summary_of_probes)
+    ".flatten(-2).type_as(x)."), _rope_reference, summarize=_summary_of_probes, minutes=8, difficulty=2)
 def _rope_rotate(answer, *, x, rotations, memory=None):
     return _judge_differentiable(
         answer, {"x": x}, lambda t: _rotated(t["x"], rotations), what="the rotated vectors",
@@ -367,7 +369,7 @@ def _attention_reference(q, k, v, memory=None):
     "consecutive query heads share one. Scores scaled by sqrt(head_dim), causal mask, softmax, weighted sum.",
     "F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), or by hand: repeat_interleave k "
     "and v over the heads axis, q @ k.T / sqrt(head_dim), mask above the diagonal, softmax, @ v."),
-    _attention_reference, summarize=_summary_of_probes)
+    _attention_reference, summarize=_summary_of_probes, minutes=12, difficulty=3)
 def _gqa_attention(answer, *, q, k, v, memory=None):
     return _judge_differentiable(
         answer, {"q": q, "k": k, "v": v}, lambda t: _attention(t["q"], t["k"], t["v"]), what="the heads' outputs",
@@ -413,7 +415,8 @@ def _swiglu_reference(module, x, memory=None):
 @_training_exercise("swiglu_module", "the SwiGLU feed-forward network", (
     "Two projections up to ffn_dim, w1 and w3: SiLU of the first gates the second, elementwise; w2 projects "
     "the product back down to dim.",
-    "self.w2(F.silu(self.w1(x)) * self.w3(x))."), _swiglu_reference, summarize=_summary_of_probes)
+    "self.w2(F.silu(self.w1(x)) * self.w3(x))."), _swiglu_reference, summarize=_summary_of_probes,
+    minutes=4, difficulty=1)
 def _swiglu_module(answer, *, module, x, memory=None):
     leaves = {"x": x, "w1": module.w1.weight, "w2": module.w2.weight, "w3": module.w3.weight}
     return _judge_differentiable(
@@ -492,7 +495,8 @@ def _block_reference(module, x, rotations, memory=None):
     "Pre-norm: attention reads RMSNorm of the stream and adds its output to the stream; then the feed-forward "
     "network reads RMSNorm of that new stream and adds its output to it.",
     "after_attention = x + self.attention(self.attention_norm(x), rotations); return after_attention + "
-    "self.feed_forward(self.ffn_norm(after_attention))."), _block_reference, summarize=_summary_of_probes)
+    "self.feed_forward(self.ffn_norm(after_attention))."), _block_reference, summarize=_summary_of_probes,
+    minutes=6, difficulty=2)
 def _block_residuals(answer, *, module, x, rotations, memory=None):
     shape = _block_shape(module)
     leaves = {"x": x, **dict(module.named_parameters())}
@@ -542,7 +546,8 @@ def _next_token_loss_reference(logits, targets, memory=None):
     "get_batch already shifted the text: targets[:, t] is the token after inputs[:, t]. The loss is the mean, "
     "over every position of every sequence, of -log softmax(logits)[target].",
     "F.cross_entropy(logits.view(-1, self.args.vocab_size), targets.reshape(-1)): one row of logits per "
-    "position, one target id each."), _next_token_loss_reference, summarize=_summary_of_probes)
+    "position, one target id each."), _next_token_loss_reference,
+    summarize=_summary_of_probes, minutes=5, difficulty=2)
 def _next_token_loss(answer, *, logits, targets, memory=None):
     return _judge_differentiable(
         answer, {"logits": logits}, lambda t: _loss(t["logits"], targets), what="the loss", meaning="your loss equals",
@@ -573,7 +578,7 @@ def _temperature_reference(last_logits, temperature, memory=None):
     "Divide the logits by the temperature before the softmax: below 1 it sharpens the distribution towards the "
     "likeliest tokens, above 1 it flattens it.",
     "torch.softmax(last_logits / temperature, dim=-1)."), _temperature_reference, summarize=_summary_of_probes,
-    unchecked="sample_text has not run yet")
+    unchecked="sample_text has not run yet", minutes=3, difficulty=1)
 def _temperature(answer, *, last_logits, temperature, memory=None):
     logits = last_logits.detach().cpu()
     if isinstance(answer, torch.Tensor):
@@ -609,7 +614,7 @@ def _adamw_groups_reference(model, memory=None):
     "Weight decay pulls weights towards 0: right for the matrices (the embedding, every projection), wrong for "
     "RMSNorm's gains, which should stay near 1. Every parameter goes in exactly one of the two groups.",
     "matrices: the parameters with parameter.dim() >= 2; gains: those with parameter.dim() < 2."),
-    _adamw_groups_reference)
+    _adamw_groups_reference, minutes=4, difficulty=1, parts=2)
 def _adamw_groups(answer, *, model, memory=None):
     reference = _adamw_groups_reference(model)
     if not (isinstance(answer, tuple) and len(answer) == 2 and all(isinstance(group, (list, tuple)) for group in answer)):
@@ -687,7 +692,8 @@ def _lr_summary(verdicts) -> Verdict:
     "0); then it follows half a cosine from peak_lr down to min_lr at the last step.",
     "warm-up: peak_lr * (step + 1) / warmup_steps; after it, progress = (step - warmup_steps) / (n_steps - "
     "warmup_steps) and min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * progress))."),
-    _lr_reference, summarize=_lr_summary, unchecked="get_lr has not been called yet: run the cell that plots it")
+    _lr_reference, summarize=_lr_summary, unchecked="get_lr has not been called yet: run the cell that plots it",
+    minutes=8, difficulty=2)
 def _lr_schedule(answer, *, step, warmup_steps, n_steps, peak_lr, min_lr, memory=None):
     reference = _lr_reference(step, warmup_steps, n_steps, peak_lr, min_lr)
     if isinstance(answer, torch.Tensor) and answer.numel() == 1:
@@ -735,7 +741,8 @@ def _clip_and_step_reference(model, optimizer, max_norm, memory=None):
     "TRAINING.grad_clip, then let the optimizer take one step with them.",
     "grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), TRAINING.grad_clip), then optimizer.step()."),
     _clip_and_step_reference, summarize=_summary_of_probes,
-    unchecked="the training loop has not run yet: the check speaks after the training cell")
+    unchecked="the training loop has not run yet: the check speaks after the training cell",
+    minutes=4, difficulty=2)
 def _clip_and_step(answer, *, model, optimizer, max_norm, memory):
     before = memory.get(id(optimizer), 0)
     taken = _steps_taken(optimizer) - before

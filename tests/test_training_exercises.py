@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 import make_exercises
 from llama3_support import exercises, training_exercises
-from llama3_support.exercises import CORRECT, NOT_ATTEMPTED, WRONG, check, verdict_of
+from llama3_support.exercises import CORRECT, NOT_ATTEMPTED, WRONG, check, exercise, verdict_of
 from llama3_support.training_exercises import TRAINING_EXERCISES
 from test_training import TINY_SETTINGS
 from training_runner import execute_training_notebook
 
-TRAINING_SET = make_exercises.NOTEBOOKS["training"]
+TRAINING_LESSON = make_exercises.LESSONS["training"]
 # the issue's list of steps, each covered by one exercise at least
 COVERED = {"counting pairs": "bpe_pairs", "one merge": "bpe_merge", "RMSNorm": "rmsnorm_module",
            "rotations": "rope_rotate", "grouped-query attention": "gqa_attention", "SwiGLU": "swiglu_module",
@@ -38,16 +38,16 @@ COVERED = {"counting pairs": "bpe_pairs", "one merge": "bpe_merge", "RMSNorm": "
 
 
 def test_the_committed_training_copy_is_what_the_training_notebook_gives():
-    source = nbformat.read(TRAINING_SET.source, as_version=4)
-    expected = make_exercises.written(make_exercises.exercise_notebook(source, exercise_set=TRAINING_SET))
-    assert TRAINING_SET.copy.read_text() == expected, \
+    source = nbformat.read(TRAINING_LESSON.notebook, as_version=4)
+    expected = make_exercises.written(make_exercises.exercise_notebook(source, lesson=TRAINING_LESSON))
+    assert TRAINING_LESSON.copy.read_text() == expected, \
         "train_llama3_from_scratch.exercises.ipynb is out of date: run python tests/make_exercises.py"
 
 
 def test_the_training_copy_has_ten_exercises_or_more_each_blank_checked_and_reported():
     assert len(TRAINING_EXERCISES) >= 10 and set(COVERED.values()) <= set(TRAINING_EXERCISES)
     assert [exercise.number for exercise in TRAINING_EXERCISES.values()] == list(range(1, len(TRAINING_EXERCISES) + 1))
-    notebook = nbformat.read(TRAINING_SET.copy, as_version=4)
+    notebook = nbformat.read(TRAINING_LESSON.copy, as_version=4)
     source = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
     for name, exercise in TRAINING_EXERCISES.items():
         assert f"# exercise {exercise.number} ({name}): your code" in source
@@ -59,7 +59,7 @@ def test_the_training_copy_has_ten_exercises_or_more_each_blank_checked_and_repo
 
 
 def test_the_training_copy_stores_no_progress_bar_and_ends_with_the_way_to_the_walkthrough():
-    notebook = nbformat.read(TRAINING_SET.copy, as_version=4)
+    notebook = nbformat.read(TRAINING_LESSON.copy, as_version=4)
     assert not [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
                 if output.output_type == "stream" and output.name == "stderr"]
     last = notebook.cells[-1]
@@ -455,6 +455,50 @@ def test_a_correct_module_hands_back_its_own_output():
     assert torch.equal(module(x), mine)
 
 
+def right_rmsnorm(self, x_float, x):
+    return (x_float * torch.rsqrt(x_float.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def copy_form_rmsnorm(line):
+    """RMSNorm as the copy writes it: the learner's line inside `with exercise(...)`, the check after it."""
+    class RMSNorm(nn.Module):
+        def __init__(self, width, eps):
+            super().__init__()
+            self.eps, self.weight = eps, nn.Parameter(torch.linspace(0.5, 1.5, width))
+
+        def forward(self, x):
+            x_float = x.float()
+            with exercise("rmsnorm_module", module=self, x=x) as normed:
+                normed = line(self, x_float, x)
+            normed = check("rmsnorm_module", normed)
+            return normed
+    return RMSNorm
+
+
+def test_in_the_copys_form_a_module_and_an_input_needing_gradients_are_judged_on_their_gradients():
+    exercises._progress.pop("rmsnorm_module", None)
+    module = copy_form_rmsnorm(right_rmsnorm)(6, 1e-5)
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    normed = module(x)
+    assert verdict_of("rmsnorm_module").kind == CORRECT, verdict_of("rmsnorm_module").message
+    assert "gradients" in verdict_of("rmsnorm_module").message
+    normed.sum().backward()  # the learner's own output, still in autograd's graph: the input and the gain train
+    assert x.grad is not None and module.weight.grad is not None
+
+
+def test_in_the_copys_form_a_raising_line_is_named_and_the_reference_still_trains_the_learners_weights():
+    exercises._progress.pop("rmsnorm_module", None)
+    def raising(self, x_float, x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    module = copy_form_rmsnorm(raising)(6, 1e-5)
+    x = torch.randn(2, 3, 6).requires_grad_()
+    normed = module(x)
+    verdict = verdict_of("rmsnorm_module")
+    assert verdict.kind == WRONG and "raised RuntimeError: mat1 and mat2" in verdict.message
+    normed.sum().backward()
+    assert x.grad is not None and module.weight.grad is not None
+
+
 def test_the_checks_never_show_the_expected_values():
     for name, _, learner, _ in WRONG_ANSWERS:
         message = run_learner(name, learner).message
@@ -488,7 +532,7 @@ def run_copy(path: Path, settings: dict) -> dict:
 def test_the_blank_copy_runs_to_its_end_within_a_time_budget():
     settings = {**TINY_SETTINGS, "LLAMA3_TRAIN_STEPS": "100000", "LLAMA3_TRAIN_MINUTES": "0.1",
                 "LLAMA3_TRAIN_EVAL_INTERVAL": "1000"}
-    saved = run_copy(TRAINING_SET.copy, settings)
+    saved = run_copy(TRAINING_LESSON.copy, settings)
     assert set(saved["verdicts"].values()) == {NOT_ATTEMPTED}
     assert len(saved["lines"]) == len(TRAINING_EXERCISES) and all("not attempted yet" in line for line in saved["lines"])
     assert 1 <= saved["steps_done"] < 100000 and saved["minutes"] == 0.1  # the budget stopped it
@@ -497,7 +541,7 @@ def test_the_blank_copy_runs_to_its_end_within_a_time_budget():
 def test_the_solutions_copy_is_correct_everywhere_and_trains_the_learners_modules():
     with tempfile.TemporaryDirectory(prefix="llama3-training-solutions-") as scratch:
         assert make_exercises.main(["--check", "--solutions", scratch]) == 0
-        saved = run_copy(Path(scratch) / TRAINING_SET.solution_name,
+        saved = run_copy(Path(scratch) / TRAINING_LESSON.solution_name,
                          {**TINY_SETTINGS, "LLAMA3_TRAIN_STEPS": "12", "LLAMA3_TRAIN_EVAL_INTERVAL": "6"})
     assert saved["verdicts"] == {name: CORRECT for name in TRAINING_EXERCISES}
     assert len(saved["lines"]) == len(TRAINING_EXERCISES) and all(": correct: " in line for line in saved["lines"])
