@@ -45,6 +45,7 @@ import json
 import linecache
 import math
 import sys
+import textwrap
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,7 +496,7 @@ def solution_lines(name: str) -> list:
     for cell in notebook["cells"]:
         for mark in cell.get("metadata", {}).get("exercises", []):
             if mark["name"] == name:
-                return [line.strip() for line in mark["blank"]]
+                return textwrap.dedent("\n".join(mark["blank"])).split("\n")  # a loop keeps its body's indent
     raise KeyError(name)
 
 
@@ -509,10 +510,10 @@ def solution(name: str) -> None:
     try:
         lines = solution_lines(name)
     except (OSError, KeyError, ValueError):
-        print(f"exercise {exercise.number} ({name}): the solution is the walkthrough's own line, in "
+        print(f"exercise {exercise.number} ({name}): the solution is the lesson's own line, in "
               f"{exercise.exercise_set.notebook}")
         return
-    print(f"exercise {exercise.number} ({name}), the walkthrough's own line{'s' * (len(lines) > 1)}:")
+    print(f"exercise {exercise.number} ({name}), {exercise.exercise_set.notebook}'s own line{'s' * (len(lines) > 1)}:")
     print("\n".join(f"    {line}" for line in lines))
 
 

@@ -547,3 +547,16 @@ def test_the_solutions_copy_is_correct_everywhere_and_trains_the_learners_module
     assert len(saved["lines"]) == len(TRAINING_EXERCISES) and all(": correct: " in line for line in saved["lines"])
     assert saved["classes"] == ["Attention", "FeedForward", "RMSNorm", "Transformer", "TransformerBlock"]
     assert saved["optimized"] is True  # the optimizer updates the parameters of the notebook's own modules
+
+
+def test_the_solution_of_a_loop_prints_the_training_notebooks_lines_with_their_indentation(capsys):
+    exercises._progress.pop("bpe_pairs", None)
+    exercises.hint("bpe_pairs")
+    exercises.hint("bpe_pairs", 2)
+    capsys.readouterr()
+    exercises.solution("bpe_pairs")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "exercise 1 (bpe_pairs), train_llama3_from_scratch.ipynb's own lines:"
+    assert printed[1:] == ["    for pieces, count in pieces_with_counts.items():",
+                           "        for pair in zip(pieces, pieces[1:]):",
+                           "            pair_counts[pair] += count"]
