@@ -9,7 +9,7 @@ block hands the answer to check():
     x_normed = check("rms_norm", x_normed)
 
 exercise() takes the inputs before the learner's line runs (a copy of each small tensor, the version counter of
-each large one), so a line that rebinds or writes into an input cannot change the truth it is judged against;
+each large one and of each that needs gradients; a module or other object as it is), so a line that rebinds or writes into an input cannot change the truth it is judged against;
 it binds an answer's name that is not bound yet to a placeholder and catches an exception the learner's line
 raises, so that the check can say so and the lesson goes on. check(name, answer, **inputs) also works alone, with the inputs given at once (the tests call it so).
 check() judges the answer and returns the value the notebook goes on with: the learner's own object when it is
@@ -45,6 +45,7 @@ import json
 import linecache
 import math
 import sys
+import textwrap
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +219,9 @@ class _Attempt:
     def _take_inputs(self):
         for key, value in self.inputs.items():
             if isinstance(value, torch.Tensor):
-                small = value.numel() * value.element_size() <= SNAPSHOT_BYTES
+                # a tensor in autograd's graph (a module's input or weight in training) is watched, not copied: the
+                # truth and the reference are computed from it itself, so that gradients flow through them
+                small = value.numel() * value.element_size() <= SNAPSHOT_BYTES and not value.requires_grad
                 self.saved[key] = (value.detach().clone() if small else None, _version(value))
             elif isinstance(value, (list, dict, set)) and key != self.exercise.answer_is:
                 self.saved[key] = (type(value)(value), None)
@@ -493,7 +496,7 @@ def solution_lines(name: str) -> list:
     for cell in notebook["cells"]:
         for mark in cell.get("metadata", {}).get("exercises", []):
             if mark["name"] == name:
-                return [line.strip() for line in mark["blank"]]
+                return textwrap.dedent("\n".join(mark["blank"])).split("\n")  # a loop keeps its body's indent
     raise KeyError(name)
 
 
@@ -507,10 +510,10 @@ def solution(name: str) -> None:
     try:
         lines = solution_lines(name)
     except (OSError, KeyError, ValueError):
-        print(f"exercise {exercise.number} ({name}): the solution is the walkthrough's own line, in "
+        print(f"exercise {exercise.number} ({name}): the solution is the lesson's own line, in "
               f"{exercise.exercise_set.notebook}")
         return
-    print(f"exercise {exercise.number} ({name}), the walkthrough's own line{'s' * (len(lines) > 1)}:")
+    print(f"exercise {exercise.number} ({name}), {exercise.exercise_set.notebook}'s own line{'s' * (len(lines) > 1)}:")
     print("\n".join(f"    {line}" for line in lines))
 
 

@@ -1,8 +1,9 @@
 """Write an exercise copy of a lesson notebook, with blanks for the learner, from the lesson itself.
 
-    python tests/make_exercises.py                  # write llama3_from_scratch.exercises.ipynb
-    python tests/make_exercises.py --check          # exit 1 if the committed copy is not what this writes
-    python tests/make_exercises.py --solutions DIR  # also write the copy with every blank filled in, into DIR
+    python tests/make_exercises.py                  # write every lesson's copy (the walkthrough's, the training's)
+    python tests/make_exercises.py --check          # exit 1 if a committed copy is not what this writes
+    python tests/make_exercises.py --solutions DIR  # also write each copy with every blank filled in, into DIR
+    python tests/make_exercises.py --lesson training  # one lesson's copy only
 
 The exercise copy is never edited by hand. A lesson cell holds its exercises in its metadata, so that its
 visible source stays as it is:
@@ -20,20 +21,22 @@ In the copy the blank lines go into a block that takes the check's inputs before
         x_normed = ...  # exercise 3 (rms_norm): your code
     x_normed = check("rms_norm", x_normed)
 
-(`...` alone for a line that assigns into a tensor). The printouts that follow the check in its cell are shown
+(`...` alone for a line that assigns into a tensor; a blank that is one block, a `for` or `while` loop with
+its body, becomes one `...` line in the `with` block, the check's answer a name the cell bound before it). The printouts that follow the check in its cell are shown
 only once the answer is right (`with withheld(name):`), and a cell with a blank stores no output, so that
 nothing in the copy gives an answer away. A code cell after the cell (or after report_after) reports one line
 per exercise; the last cell is the scoreboard. The lesson's other stored outputs are the lesson's; a report cell
 stores the line a blank gives, "not attempted yet". The copy opens with the workshop's pre-flight check (stored
 empty) and the imports.
 
-Each lesson with exercises is one Lesson below: its notebook, its copy, its intro, imports and last cell.
+Each lesson with exercises is one Lesson below: its notebook, its copy, its intro, imports and last cells.
 """
 
 import argparse
 import ast
 import copy
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from llama3_support import exercises as checks  # noqa: E402
 from llama3_support.exercises import not_attempted_line  # noqa: E402
+from llama3_support.training_exercises import TRAINING_SET  # noqa: E402
 from refresh_stored_outputs import NOTE_KEY  # noqa: E402  (the walkthrough's cell about its stored outputs)
 
 METADATA_KEY = "exercises"
@@ -109,6 +113,7 @@ class Lesson:
     cells: tuple            # (id, source) of the code cells after the intro: pre-flight, imports
     last_cells: tuple       # (id, source) of the code cells at the end: the scoreboard
     stored_outputs_note: str = None  # the copy's text for the lesson's cell about its stored outputs (NOTE_KEY)
+    closing: str = None     # a last markdown cell, after last_cells
 
 
 WALKTHROUGH_LESSON = Lesson(
@@ -116,7 +121,56 @@ WALKTHROUGH_LESSON = Lesson(
     solution_name="llama3_from_scratch.solutions.ipynb", exercise_set=checks.WALKTHROUGH, intro=INTRO,
     cells=(("exercises-preflight", PREFLIGHT), ("exercises-imports", IMPORTS)),
     last_cells=(("exercises-scoreboard", SCOREBOARD),), stored_outputs_note=STORED_OUTPUTS_NOTE)
-LESSONS = {"walkthrough": WALKTHROUGH_LESSON}
+
+TRAINING_INTRO = """# Write and train your own Llama 3: exercises
+
+The training notebook, `train_llama3_from_scratch.ipynb`, with {count} of its steps left for you to write: the
+byte-pair encoding, Llama 3's modules, the loss, the optimizer, the schedule, the training step and the sampler.
+Where a line reads `name = ...  # exercise N (name): your code` (or just `...  # exercise N`), replace the `...`
+with your code and run the cell. The block around your code (`with exercise(...)`) takes the step's inputs before
+your code runs and catches an error it raises; the cell after the exercise prints one line:
+
+- `not attempted yet`: the blank is still there;
+- `correct`: your result equals the float64 truth within rounding; for a module, its gradients too, with respect
+  to its input and every weight, on a configuration of the check's own (4 query heads over 2 key/value heads, say);
+- `wrong`, with what is wrong: a shape, a missing piece, a typical mistake recognised, or the error your code
+  raised. It never shows the answer.
+
+A correct module is used as it is: the model that trains is made of your classes, running your code, and its
+weights are the ones the optimizer updates. A blank or a wrong one falls back to the reference arithmetic, on your
+module's own weights, and its line says so, so the notebook always runs to its end. Stuck?
+`hint("rmsnorm_module")`, then `hint("rmsnorm_module", 2)`, then `solution("rmsnorm_module")`.
+
+The exercises, by the name that `check`, `hint`, `solution` and `report` take, with a time budget and a
+difficulty from 1 to 3:
+
+{listing}
+
+For the room: `LLAMA3_TRAIN_MINUTES=3` trains for three minutes (docs/workshop.md, part 2). This notebook is
+written by `python tests/make_exercises.py` from the training notebook: edit that, not this copy."""
+
+TRAINING_IMPORTS = """from llama3_support import training_exercises
+from llama3_support.training_exercises import check, exercise, hint, report, scoreboard, solution, withheld"""
+
+TRAINING_SCOREBOARD = f"""{IGNORE_MARKER}
+scoreboard(training_exercises.TRAINING_SET)  # every exercise's line"""
+
+TRAINING_CLOSING = """## Your model in the walkthrough
+
+Your checkpoint, trained by your own code, is in the folder the settings named (`LLAMA3_TRAIN_OUT`, by default
+`checkpoints/tiny-shakespeare`). Open the walkthrough, or its exercise copy, on it, with these two settings (in
+PowerShell `$env:LLAMA3_DIR = "checkpoints/tiny-shakespeare"`, in cmd `set LLAMA3_DIR=checkpoints/tiny-shakespeare`,
+in bash or zsh `export LLAMA3_DIR=checkpoints/tiny-shakespeare`; the same for `LLAMA3_PROMPT="ROMEO:"`), then
+`jupyter lab llama3_from_scratch.exercises.ipynb`. Its attention maps, logit lens and generated text are then your
+model's."""
+
+TRAINING_LESSON = Lesson(
+    notebook=REPO / "train_llama3_from_scratch.ipynb", copy=REPO / "train_llama3_from_scratch.exercises.ipynb",
+    solution_name="train_llama3_from_scratch.solutions.ipynb", exercise_set=TRAINING_SET, intro=TRAINING_INTRO,
+    cells=(("exercises-imports", TRAINING_IMPORTS),), last_cells=(("exercises-scoreboard", TRAINING_SCOREBOARD),),
+    closing=TRAINING_CLOSING)
+
+LESSONS = {"walkthrough": WALKTHROUGH_LESSON, "training": TRAINING_LESSON}
 
 # the walkthrough's, under the names the tests use
 WALKTHROUGH, EXERCISE_COPY, SOLUTION_NAME = WALKTHROUGH_LESSON.notebook, WALKTHROUGH_LESSON.copy, WALKTHROUGH_LESSON.solution_name
@@ -139,6 +193,16 @@ def blank_line(line: str, answer: str = None) -> tuple:
         target = statement.targets[0].id
         return f"{indent}{target} = ...", line, target
     return f"{indent}...", line, None
+
+
+def opens_a_block(blank: list) -> bool:
+    """Whether the blank is one loop (or other block) with its body: the copy gives it one `...` line."""
+    try:
+        ast.parse(blank[0].strip())
+        return False
+    except SyntaxError:
+        body = ast.parse(textwrap.dedent("\n".join(blank))).body
+        return len(body) == 1 and isinstance(body[0], (ast.For, ast.While, ast.If, ast.With))
 
 
 def split_check(exercise: dict) -> tuple:
@@ -167,8 +231,11 @@ def exercise_lines(cell, exercise: dict, lines: list, solutions: bool, exercise_
             "once: the cell changed, so update its 'exercises' metadata to the lines as they read now")
     start, returned, targets = starts[0], None, []
     indent = blank[0][:len(blank[0]) - len(blank[0].lstrip())]
-    body = []
-    for index, line in enumerate(blank):
+    body, number = [], exercise_set.exercises[name].number
+    block = opens_a_block(blank)
+    if block:  # a whole loop: one `...` line, the answer a name the cell bound before the block
+        body = [f"    {line}" for line in blank] if solutions else [f"    {indent}...  # exercise {number} ({name}): your code"]
+    for index, line in enumerate([] if block else blank):
         mine, solution, target = blank_line(line, exercise.get("answer"))
         if isinstance(ast.parse(line.strip()).body[0], ast.Return):
             returned = target
@@ -177,9 +244,10 @@ def exercise_lines(cell, exercise: dict, lines: list, solutions: bool, exercise_
         if solutions:
             body.append(f"    {solution}")
         else:
-            number = exercise_set.exercises[name].number
             body.append(f"    {mine}  # exercise {number} ({name}): your code" if index == 0 else f"    {mine}")
     check_target, answer, keywords = split_check(exercise)
+    answered = {node.id for node in ast.walk(ast.parse(answer)) if isinstance(node, ast.Name)}
+    targets = [target for target in targets if target in answered]  # a step's own names stay in the block
     answer_is = exercise_set.exercises[name].answer_is
     if answer_is:  # the answer is an input written in place (the cache): the block takes it too
         keywords = f"{answer_is}={answer}" + (f", {keywords}" if keywords else "")
@@ -243,10 +311,10 @@ def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = Fals
     notebook = copy.deepcopy(walkthrough)
     marked = [exercise["name"] for cell in notebook.cells for exercise in cell.metadata.get(METADATA_KEY, [])]
     if sorted(marked) != sorted(registered) or len(set(marked)) != len(marked):
-        raise ExerciseMarkError(f"the walkthrough marks {marked}; llama3_support/exercises.py has {list(registered)}: "
+        raise ExerciseMarkError(f"{lesson.notebook.name} marks {marked}; its ExerciseSet has {list(registered)}: "
                                 "each exercise is marked once")
     if marked != sorted(marked, key=lambda name: registered[name].number):
-        raise ExerciseMarkError(f"the walkthrough marks the exercises in the order {marked}: number them so in "
+        raise ExerciseMarkError(f"{lesson.notebook.name} marks the exercises in the order {marked}: number them so in "
                                 "llama3_support/exercises.py")
     listing = "\n".join(listing_line(registered[name]) for name in marked)
     intro = nbformat.v4.new_markdown_cell(lesson.intro.format(count=len(marked), listing=listing))
@@ -281,6 +349,9 @@ def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = Fals
     for cell_id, source in lesson.last_cells:
         cells.append(nbformat.v4.new_code_cell(source))
         cells[-1].id = cell_id
+    if lesson.closing:
+        cells.append(nbformat.v4.new_markdown_cell(lesson.closing))
+        cells[-1].id = "exercises-closing"
     notebook.cells = cells
     if not solutions:
         number_executed_cells(notebook)
@@ -309,32 +380,40 @@ def written(notebook: nbformat.NotebookNode) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lesson", choices=sorted(LESSONS), default="walkthrough",
-                        help="which lesson's exercise copy to write (default: the walkthrough)")
+    parser.add_argument("--lesson", choices=sorted(LESSONS), action="append",
+                        help="which lesson's exercise copy to write (default: every lesson's); may be repeated")
     parser.add_argument("--check", action="store_true", help="write nothing: exit 1 if the committed copy differs")
     parser.add_argument("--solutions", type=Path, metavar="DIR",
-                        help=f"also write {SOLUTION_NAME}, every blank filled in, into DIR (a folder that exists)")
+                        help="also write each copy with every blank filled in (" + ", ".join(
+                            lesson.solution_name for lesson in LESSONS.values()) + ") into DIR (a folder that exists)")
     args = parser.parse_args(argv)
-    lesson = LESSONS[args.lesson]
     if args.solutions is not None and not args.solutions.is_dir():
         parser.error(f"--solutions {args.solutions}: no such folder. Create it first, or name a temporary one.")
+    status = 0
+    for key in args.lesson or LESSONS:
+        status = max(status, write_copy(key, LESSONS[key], args.check, args.solutions))
+    return status
+
+
+def write_copy(key: str, lesson: Lesson, check_only: bool, solutions_dir: Path = None) -> int:
+    """Write (or with check_only compare) one lesson's exercise copy, and its solutions copy into solutions_dir."""
     source = nbformat.read(lesson.notebook, as_version=4)
     try:
         text = written(exercise_notebook(source, lesson=lesson))
     except ExerciseMarkError as error:
         print(f"{lesson.notebook.name}: {error}", file=sys.stderr)
         return 1
-    if args.check:
+    if check_only:
         if not lesson.copy.is_file() or lesson.copy.read_text() != text:
             print(f"{lesson.copy.name} is not what {lesson.notebook.name} gives now: run python tests/make_exercises.py"
-                  + (f" --lesson {args.lesson}" if args.lesson != "walkthrough" else ""), file=sys.stderr)
+                  f" --lesson {key}", file=sys.stderr)
             return 1
         print(f"{lesson.copy.name} is up to date")
     else:
         lesson.copy.write_text(text)
         print(f"wrote {lesson.copy.name}: {len(lesson.exercise_set.exercises)} exercises")
-    if args.solutions is not None:
-        path = args.solutions / lesson.solution_name
+    if solutions_dir is not None:
+        path = solutions_dir / lesson.solution_name
         path.write_text(written(exercise_notebook(source, solutions=True, lesson=lesson)))
         print(f"wrote {path}")
     return 0

@@ -3,6 +3,7 @@
     python tests/refresh_stored_outputs.py                    # both
     python tests/refresh_stored_outputs.py --only walkthrough # llama3_from_scratch.ipynb on the demo
     python tests/refresh_stored_outputs.py --only smollm2     # llama3_from_scratch.smollm2.ipynb
+    python tests/refresh_stored_outputs.py --only training    # train_llama3_from_scratch.ipynb, default settings
 
 Stored outputs of llama3_from_scratch.ipynb must be ones that Meta-Llama-3-8B prints too. The demo has Meta's
 params.json, shapes and tokenizer, so its shape, id, config, RoPE and mask outputs are Meta's; the cells marked
@@ -20,6 +21,11 @@ The copy's timings are printed for the reader, so they must come from an undistu
 start on a busy machine, and refuses to store a run during which other work took a share of the processors,
 unless --busy-ok says to go on anyway (the copy then says that its timings are disturbed). Progress bars show
 while it runs and are left out of what it stores.
+
+train_llama3_from_scratch.ipynb stores one run of its default settings (minutes of training, into
+checkpoints/tiny-shakespeare), every output kept; its losses and timings are printed for readers, so it follows
+the same busy rules. It is refreshed only when asked (--only training), then its exercise copy is written again
+(python tests/make_exercises.py).
 """
 
 import argparse
@@ -42,6 +48,7 @@ from llama3_support.settings import SMOLLM2_PROMPT  # noqa: E402
 from notebook_runner import NOTEBOOK_SETTINGS  # noqa: E402  (the LLAMA3_* settings a run must not inherit)
 
 WALKTHROUGH = REPO / "llama3_from_scratch.ipynb"
+TRAINING_NOTEBOOK = REPO / "train_llama3_from_scratch.ipynb"
 SMOLLM2_COPY = REPO / "llama3_from_scratch.smollm2.ipynb"
 IMAGES = REPO / "docs" / "images"
 IGNORE_MARKER = "# NBVAL_IGNORE_OUTPUT"
@@ -216,15 +223,34 @@ def refresh_smollm2_copy(busy_ok: bool = False) -> None:
     save_pictures(notebook)
 
 
+def refresh_training(busy_ok: bool = False) -> None:
+    """One run of the training notebook's defaults, every output kept, no progress bar stored."""
+    notebook = nbformat.read(TRAINING_NOTEBOOK, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    with OtherWork() as other_work:
+        execute(notebook, NO_PROGRESS_BARS)
+    if other_work.share > BUSY_SHARE and not busy_ok:
+        raise SystemExit(f"Not storing {TRAINING_NOTEBOOK.name}: other work used {other_work.share:.0%} of this "
+                         "machine's processors while it ran, so its timings are disturbed. Run this again on a quiet "
+                         "machine, or pass --busy-ok to store it anyway.")
+    forget_timings(notebook)
+    nbformat.write(notebook, TRAINING_NOTEBOOK)
+    print(f"stored every output of {TRAINING_NOTEBOOK.name}; now run python tests/make_exercises.py")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("walkthrough", "smollm2"), help="refresh one of the two (default: both)")
+    parser.add_argument("--only", choices=("walkthrough", "smollm2", "training"),
+                        help="refresh one of them (default: the walkthrough and its SmolLM2 copy)")
     parser.add_argument("--busy-ok", action="store_true",
                         help="refresh the SmolLM2 copy even on a busy machine; it then says its timings are disturbed")
     args = parser.parse_args(argv)
-    busy = machine_is_busy() if args.only in (None, "smollm2") else None
+    busy = machine_is_busy() if args.only in (None, "smollm2", "training") else None
+    timed = TRAINING_NOTEBOOK if args.only == "training" else SMOLLM2_COPY
     if busy and not args.busy_ok:
-        raise SystemExit(f"Not refreshing: this machine is busy ({busy}), and {SMOLLM2_COPY.name} prints the "
+        raise SystemExit(f"Not refreshing: this machine is busy ({busy}), and {timed.name} prints the "
                          "timings of its run for readers to trust. Wait until the other work is done and run this "
                          "again, or pass --busy-ok to store disturbed timings (the copy will say so), or refresh "
                          "only the walkthrough with --only walkthrough.")
@@ -234,6 +260,8 @@ def main(argv=None) -> int:
         refresh_walkthrough()
     if args.only in (None, "smollm2"):
         refresh_smollm2_copy(args.busy_ok)
+    if args.only == "training":
+        refresh_training(args.busy_ok)
     return 0
 
 

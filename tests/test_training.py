@@ -15,7 +15,9 @@ Bad settings and a foreign output folder stop the notebook in its settings cells
 
 import json
 import math
+import re
 
+import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from notebook_runner import run_notebook
 from reference import load_reference, reference_decoding, reference_logits
 from rounding import assert_within_rounding, rounding_tolerance
 from test_hf_peer import META_TO_HF_LAYER_NAMES, interleaved_to_half_split
-from training_runner import run_training_notebook
+from training_runner import TRAINING_NOTEBOOK, run_training_notebook
 
 # grouped-query attention (4 query heads over 2 key/value heads), two layers, a small BPE: about half a minute
 TINY_SETTINGS = {
@@ -220,7 +222,7 @@ def test_walkthrough_runs_on_the_trained_checkpoint(trained):
 
 @pytest.mark.parametrize("name, value", [("LLAMA3_TRAIN_STEPS", "-1"), ("LLAMA3_TRAIN_STEPS", "many"),
                                          ("LLAMA3_TRAIN_LR", "fast"), ("LLAMA3_TRAIN_KV_HEADS", "3"),
-                                         ("LLAMA3_DEVICE", "gpu")])
+                                         ("LLAMA3_TRAIN_MINUTES", "-1"), ("LLAMA3_DEVICE", "gpu")])
 def test_bad_setting_stops_the_notebook_before_any_work(tmp_path, name, value):
     folder = tmp_path / "out"
     with pytest.raises(CellExecutionError) as error:
@@ -252,3 +254,12 @@ def test_writes_over_its_own_interrupted_first_save(tmp_path):
     assert sorted(path.name for path in folder.iterdir()) == sorted(
         ["params.json", "tokenizer.model", "consolidated.00.pth", "source.json"])
     assert json.loads((folder / "source.json").read_text())["step"] == 5
+
+
+def test_the_stored_run_keeps_no_progress_bar_as_a_stderr_block():
+    notebook = nbformat.read(TRAINING_NOTEBOOK, as_version=4)
+    streams = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+               if output.output_type == "stream"]
+    assert streams and all(output.name == "stdout" for output in streams)
+    assert not any(re.search(r"\d+/\d+ \[\d\d:\d\d", output.text) for output in streams)  # tqdm's "3000/3000 [05:51"
+    assert "TQDM_DISABLE" in notebook.cells[0].source  # the intro says how the stored run leaves the bars out

@@ -20,22 +20,32 @@ NOTEBOOK_OVERRIDE = "TRAINING_NOTEBOOK_UNDER_TEST"
 SETTINGS_PREFIX = "LLAMA3_TRAIN_"
 
 
-def run_training_notebook(out_dir: Path, settings: dict, extra_source: str = "", timeout: int = 1800) -> float:
+def run_training_notebook(out_dir: Path, settings: dict, extra_source: str = "", timeout: int = 1800,
+                          notebook_path: Path = None) -> float:
     """Execute the whole training notebook, writing its checkpoint into out_dir; returns the wall seconds.
 
     settings: {"LLAMA3_TRAIN_STEPS": "20", "LLAMA3_DEVICE": "cpu", ...}; every LLAMA3_TRAIN_* variable of this
     process is left out first, so that only these settings reach the notebook. A cell that raises makes this
-    raise nbclient's CellExecutionError, whose message holds the cell's source and traceback.
+    raise nbclient's CellExecutionError, whose message holds the cell's source and traceback. notebook_path:
+    another notebook to execute the same way (the training notebook's exercise copy, say).
     """
+    started = time.perf_counter()
+    execute_training_notebook(out_dir, settings, extra_source, timeout, notebook_path)
+    return time.perf_counter() - started
+
+
+def execute_training_notebook(out_dir: Path, settings: dict, extra_source: str = "", timeout: int = 1800,
+                              notebook_path: Path = None) -> nbformat.NotebookNode:
+    """As run_training_notebook, returning the executed notebook, every cell's outputs in it."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(SETTINGS_PREFIX)}
     env["LLAMA3_TRAIN_OUT"] = str(Path(out_dir).resolve())
     env.update({name: str(value) for name, value in settings.items()})
     env.setdefault("MPLBACKEND", "agg")
 
-    notebook = nbformat.read(os.environ.get(NOTEBOOK_OVERRIDE) or TRAINING_NOTEBOOK, as_version=4)
+    path = notebook_path or os.environ.get(NOTEBOOK_OVERRIDE) or TRAINING_NOTEBOOK
+    notebook = nbformat.read(path, as_version=4)
     if extra_source:
         notebook.cells.append(nbformat.v4.new_code_cell(extra_source))
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(REPO)}})
-    started = time.perf_counter()
     client.execute(env=env)
-    return time.perf_counter() - started
+    return notebook
