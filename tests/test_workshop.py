@@ -287,13 +287,14 @@ def agenda_rows() -> list:
             if re.match(r"\| *\d+ \|", line)]
 
 
-def test_the_agenda_takes_two_hours_and_each_row_starts_where_the_last_ended():
+def test_the_agenda_takes_two_hours_at_each_exercises_own_minutes_and_each_row_starts_where_the_last_ended():
+    from llama3_support.exercises import EXERCISES
     rows = agenda_rows()
-    exercise_minutes = 3
     clock = 0
     for start, _, talk, exercises, _ in rows[:-1]:
         assert int(start) == clock
-        clock += int(talk) + exercise_minutes * len(re.findall(r"`(\w+)`", exercises))
+        in_class = exercises.split("for home:")[0]
+        clock += int(talk) + sum(EXERCISES[name].minutes for name in re.findall(r"`(\w+)`", in_class))
     assert rows[-1][0] == "120" == str(clock)
 
 
