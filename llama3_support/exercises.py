@@ -1194,18 +1194,40 @@ def _residual_reference(residual, branch, memory=None):
     return residual + branch
 
 
-def _judge_residual(answer, residual, branch, what: str, branch_name: str, residual_name: str):
+def _branch_scale(answer, residual, branch):
+    """The factor c for which answer is closest to residual + c * branch (least squares, float64), when the answer
+    is a floating-point tensor of the stream's shape and c is neither about 0 nor about 1; else None."""
+    if (not isinstance(answer, torch.Tensor) or answer.shape != residual.shape or not answer.is_floating_point()
+            or answer.device != residual.device):
+        return None
+    added, branch_wide = _wide(answer) - _wide(residual), _wide(branch)
+    power = (branch_wide * branch_wide).sum().item()
+    scale = (added * branch_wide).sum().item() / power if power > 0 else math.nan
+    if not math.isfinite(scale) or abs(scale) < 0.05 or abs(scale - 1) < 0.05:
+        return None
+    return scale
+
+
+def _judge_residual(answer, residual, branch, what: str, branch_name: str, residual_name: str, layer_input=None):
     reference = _residual_reference(residual, branch)
-    verdict = _judge_values(
-        answer, reference, _wide(residual) + _wide(branch), what=what, meaning=f"your {what} equals", terms=2,
-        axes=("tokens", "dim"),
-        mistakes=[(lambda: _wide(branch), f"this is {branch_name} alone: the residual connection is missing (the "
-                                          "branch's result is added to the stream it read)"),
-                  (lambda: _wide(residual), f"{branch_name} is missing: this is the stream the branch read"),
-                  (lambda: _wide(residual) - _wide(branch), f"{branch_name} is subtracted: the branch is added"),
-                  (lambda: _wide(residual) * _wide(branch), f"{branch_name} and the stream are multiplied: the "
-                                                            "branch is added"),
-                  (lambda: 2 * _wide(branch) + _wide(residual), f"{branch_name} is added twice")])
+    mistakes = [(lambda: _wide(branch), f"this is {branch_name} alone: the residual connection is missing (the "
+                                        "branch's result is added to the stream it read)"),
+                (lambda: _wide(residual), f"{branch_name} is missing: this is the stream the branch read"),
+                (lambda: _wide(residual) - _wide(branch), f"{branch_name} is subtracted: the branch is added"),
+                (lambda: _wide(residual) * _wide(branch), f"{branch_name} and the stream are multiplied: the "
+                                                          "branch is added"),
+                (lambda: 2 * _wide(branch) + _wide(residual), f"{branch_name} is added twice")]
+    if layer_input is not None:
+        mistakes.append((lambda: _wide(layer_input) + _wide(branch),
+                         f"{branch_name} is added to the layer's input, token_embeddings, which has not been through "
+                         f"the attention yet: add it to the stream the branch read, {residual_name}"))
+    scale = _branch_scale(answer, residual, branch)
+    if scale is not None:
+        mistakes.append((lambda: _wide(residual) + scale * _wide(branch),
+                         f"{branch_name} is multiplied by {scale:.2g} before it is added: the branch is added as "
+                         "it is"))
+    verdict = _judge_values(answer, reference, _wide(residual) + _wide(branch), what=what,
+                            meaning=f"your {what} equals", terms=2, axes=("tokens", "dim"), mistakes=mistakes)
     return verdict, reference
 
 
@@ -1268,12 +1290,16 @@ def _swiglu(answer, *, ffn_input, w1, w2, w3, memory=None):
     return verdict, references
 
 
+def _layer_output_reference(residual, branch, layer_input=None, memory=None):
+    return _residual_reference(residual, branch)
+
+
 @_exercise("layer_output", "the feed-forward network's residual addition: one whole layer", (
     "Like the attention's, the feed-forward network's output is added to the stream it read: after_attention.",
-    "layer0_output = the stream after attention plus ffn_output."), _residual_reference, minutes=2, difficulty=1)
-def _layer_output(answer, *, residual, branch, memory=None):
+    "layer0_output = the stream after attention plus ffn_output."), _layer_output_reference, minutes=2, difficulty=1)
+def _layer_output(answer, *, residual, branch, layer_input=None, memory=None):
     return _judge_residual(answer, residual, branch, "layer0_output", "the feed-forward network's output",
-                           "after_attention")
+                           "after_attention", layer_input=layer_input)
 
 
 # ---------------------------------------------------------------- 14. the layer loop

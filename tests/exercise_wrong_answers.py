@@ -176,7 +176,7 @@ CELLS = {
                           '    after_attention = {0}\nafter_attention = check("attention_residual", after_attention)\n',
     "swiglu": 'with exercise("swiglu", ffn_input=ffn_input, w1=weight("layers.0.feed_forward.w1.weight"), w2=weight("layers.0.feed_forward.w2.weight"), w3=weight("layers.0.feed_forward.w3.weight")) as (gate, up, ffn_output):\n'
               '    gate = {0}\n    up = {1}\n    ffn_output = {2}\ngate, up, ffn_output = check("swiglu", (gate, up, ffn_output))\n',
-    "layer_output": 'with exercise("layer_output", residual=after_attention, branch=ffn_output) as layer0_output:\n'
+    "layer_output": 'with exercise("layer_output", residual=after_attention, branch=ffn_output, layer_input=token_embeddings) as layer0_output:\n'
                     '    layer0_output = {0}\nlayer0_output = check("layer_output", layer0_output)\n',
     "layer_loop": 'hidden = token_embeddings\nhanded_on = []\nfor layer in range(n_layers):\n'
                   '    with exercise("layer_loop", layer=layer, first_input=token_embeddings, layer_function=transformer_layer) as hidden:\n'
@@ -371,6 +371,8 @@ WRONG_ANSWERS = [
     W("attention_residual", ("token_embeddings - attention_output",), ("is subtracted",), None, "subtracted"),
     W("attention_residual", ("token_embeddings.add_(attention_output)",), ("your line changed token_embeddings",), None,
       "in place into its input"),
+    W("attention_residual", ("token_embeddings + 0.5 * attention_output",), ("is multiplied by 0.5 before it is added",),
+      None, "the branch halved"),
     W("swiglu", ('silu(ffn_input @ weight("layers.0.feed_forward.w3.weight").T)', 'ffn_input @ weight("layers.0.feed_forward.w1.weight").T',
                  '(gate * up) @ weight("layers.0.feed_forward.w2.weight").T'), ("gate and up are swapped",), None, "w1 and w3 swapped"),
     W("swiglu", ('ffn_input @ weight("layers.0.feed_forward.w1.weight").T', 'ffn_input @ weight("layers.0.feed_forward.w3.weight").T',
@@ -385,6 +387,10 @@ WRONG_ANSWERS = [
     W("layer_output", ("ffn_output",), ("the residual connection is missing",), None, "no residual"),
     W("layer_output", ("after_attention - ffn_output",), ("is subtracted",), None, "subtracted"),
     W("layer_output", ("after_attention + 2 * ffn_output",), ("added twice",), None, "added twice"),
+    W("layer_output", ("token_embeddings + ffn_output",), ("is added to the layer's input",), None,
+      "added to the embeddings"),
+    W("layer_output", ("after_attention + 0.5 * ffn_output",), ("is multiplied by 0.5 before it is added",), None,
+      "the branch halved"),
     W("layer_loop", ("transformer_layer(token_embeddings, layer)",), ("read the embeddings",), None,
       "every layer reads the embeddings"),
     W("layer_loop", ("transformer_layer(hidden, 0)",), ("the weights of layer 0",), None, "layer 0's weights"),
