@@ -524,17 +524,34 @@ def not_attempted_line(name: str) -> str:
 
 @contextlib.contextmanager
 def withheld(name: str):
-    """Around a printout that shows the step's result: printed when the learner's answer is right, else withheld
-    (under a blank or a wrong answer it would show the reference result, the answer)."""
+    """Around a printout or a picture that shows the step's result: shown when the learner's answer is right, else
+    withheld (under a blank or a wrong answer it would show the reference result, the answer). A picture is held
+    back by holding matplotlib's show() until the end of the block and closing the block's figures when withheld."""
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    figures_before = set(pyplot.get_fignums()) if pyplot is not None else set()
+    shows = []
+    if pyplot is not None:
+        real_show, pyplot.show = pyplot.show, lambda *args, **kwargs: shows.append((args, kwargs))
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        if pyplot is not None:
+            pyplot.show = real_show
+    new_figures = [number for number in pyplot.get_fignums() if number not in figures_before] if pyplot else []
     if _current(name).kind == CORRECT:
         print(printed.getvalue(), end="")
-    else:
-        exercise = ALL_EXERCISES[name]
-        print(f"(exercise {exercise.number} ({name}): this printout is withheld until your answer is right, "
-              "since it would show the answer)")
+        for args, kwargs in shows:
+            real_show(*args, **kwargs)
+        return
+    for number in new_figures:
+        pyplot.close(number)
+    exercise = ALL_EXERCISES[name]
+    what = ("this printout and its picture are" if printed.getvalue() and new_figures
+            else "this picture is" if new_figures else "this printout is")
+    print(f"(exercise {exercise.number} ({name}): {what} withheld until your answer is right, since it would show "
+          "the answer)")
 
 
 def scoreboard(exercise_set: ExerciseSet = WALKTHROUGH, prediction: str = None) -> None:

@@ -14,6 +14,8 @@ visible source stays as it is:
                    "answer": "position_logits",                # for a blank `return ...`: the name it gets
                    "report_after": "61137d0f",                 # the report after that cell, not this one
                    "report": "report(\"top_p\", probe=...)"}]  # a report of its own
+    # "withhold": ["3fa866d5"]: later cells that show the step's result (a picture of it), in the copy inside
+    #   `with withheld(name):`, shown once the answer is right
 
 In the copy the blank lines go into a block that takes the check's inputs before the learner's line runs:
 
@@ -262,9 +264,17 @@ def exercise_lines(cell, exercise: dict, lines: list, solutions: bool, exercise_
     return lines[:start] + written + lines[start + len(blank):]
 
 
+DRAWING_NAMES = {"plt", "attention_heatmaps", "logit_lens_grid"}  # what draws a picture in the lessons' cells
+
+
+def draws(statement: ast.stmt) -> bool:
+    return any(isinstance(node, ast.Name) and node.id in DRAWING_NAMES for node in ast.walk(statement))
+
+
 def withhold_printouts(lines: list, names: list) -> list:
     """The cell's top-level print() statements after its last top-level check, each run of them inside
-    `with withheld(name):`, so that they show the step's result only once the learner's answer is right."""
+    `with withheld(name):`, so that they show the step's result only once the learner's answer is right; where a
+    picture is drawn after the check, every statement after it goes inside one such block."""
     source = "\n".join(lines)
     tree = ast.parse(source)
     checks_at_top = [statement for statement in tree.body if isinstance(statement, ast.Assign)
@@ -273,6 +283,14 @@ def withhold_printouts(lines: list, names: list) -> list:
         return lines
     last_check = checks_at_top[-1]
     name = ast.literal_eval(last_check.value.args[0])
+    after_check = [statement for statement in tree.body if statement.lineno > last_check.lineno]
+    if any(draws(statement) for statement in after_check):
+        first, last = after_check[0].lineno - 1, after_check[-1].end_lineno
+        while first > last_check.end_lineno and not lines[first - 1].strip():
+            first -= 1  # the blank lines before the block stay outside it
+        first = next(index for index in range(first, last) if lines[index].strip())
+        return (lines[:first] + [f"with withheld(\"{name}\"):"]
+                + [f"    {line}" if line.strip() else line for line in lines[first:last]] + lines[last:])
     runs, run = [], []
     for statement in tree.body:
         is_print = (statement.lineno > last_check.lineno and isinstance(statement, ast.Expr)
@@ -320,6 +338,11 @@ def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = Fals
     intro = nbformat.v4.new_markdown_cell(lesson.intro.format(count=len(marked), listing=listing))
     intro.id = "exercises-intro"
     cells, waiting = [intro], {}
+    withheld_cells = {cell_id: exercise["name"] for cell in notebook.cells
+                      for exercise in cell.metadata.get(METADATA_KEY, []) for cell_id in exercise.get("withhold", [])}
+    unknown = set(withheld_cells) - {cell.id for cell in notebook.cells}
+    if unknown:
+        raise ExerciseMarkError(f"no cell of {lesson.notebook.name} has the id that withhold names: {sorted(unknown)}")
     for cell_id, source in lesson.cells:
         cells.append(nbformat.v4.new_code_cell(source))
         cells[-1].id = cell_id
@@ -334,6 +357,11 @@ def exercise_notebook(walkthrough: nbformat.NotebookNode, solutions: bool = Fals
             waiting.setdefault(exercise.get("report_after", cell.id), []).append(report)
         if exercises:
             lines = withhold_printouts(lines, [exercise["name"] for exercise in exercises])
+        if cell.id in withheld_cells:  # a later cell that shows the step's result: all of it inside withheld()
+            body = lines[1:] if lines[0] == IGNORE_MARKER else lines
+            lines = [f"with withheld(\"{withheld_cells[cell.id]}\"):"] + [f"    {line}" if line.strip() else line
+                                                                          for line in body]
+        if exercises or cell.id in withheld_cells:
             if lines[0] != IGNORE_MARKER:
                 lines = [IGNORE_MARKER] + lines
             cell.outputs = []

@@ -270,6 +270,42 @@ def test_a_printout_of_the_steps_result_is_withheld_until_the_answer_is_right(ca
     assert capsys.readouterr().out == "your scores\n"
 
 
+def test_a_picture_of_the_steps_result_is_withheld_until_the_answer_is_right(capsys):
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    q, k = seeded(N_TOKENS, HEAD_DIM, seed=1), seeded(N_TOKENS, HEAD_DIM, seed=2)
+    plt.close("all")
+    check("scores", q @ k.T, q=q, k=k, head_dim=HEAD_DIM)
+    with exercises.withheld("scores"):
+        plt.figure()
+        plt.imshow(q @ k.T)
+        plt.show()
+    assert plt.get_fignums() == []  # closed: the inline backend shows no figure
+    assert capsys.readouterr().out == ("(exercise 7 (scores): this picture is withheld until your answer is right, "
+                                       "since it would show the answer)\n")
+    exercises._progress.clear()
+    check("scores", q @ k.T / math.sqrt(HEAD_DIM), q=q, k=k, head_dim=HEAD_DIM)
+    with exercises.withheld("scores"):
+        print("your scores")
+        plt.figure()
+        plt.show()
+    assert len(plt.get_fignums()) == 1 and capsys.readouterr().out == "your scores\n"
+    plt.close("all")
+
+
+def test_the_copy_withholds_the_pictures_that_show_a_steps_result():
+    notebook = nbformat.read(make_exercises.EXERCISE_COPY, as_version=4)
+    frequencies = next(cell for cell in notebook.cells if "RoPE frequencies: the pairs" in cell.source)
+    assert frequencies.source.startswith(f'{make_exercises.IGNORE_MARKER}\nwith withheld("rope_frequencies"):\n')
+    assert frequencies.outputs == []
+    mask = next(cell for cell in notebook.cells if 'title("causal mask' in cell.source)
+    assert mask.source.index('with withheld("causal_mask"):') < mask.source.index("plt.figure(")
+    training = nbformat.read(make_exercises.LESSONS["training"].copy, as_version=4)
+    schedule = next(cell for cell in training.cells if "get_lr(step) for step" in cell.source)
+    assert 'with withheld("lr_schedule"):' in schedule.source and schedule.outputs == []
+
+
 def test_a_second_notebook_numbers_its_own_exercises():
     lesson = exercises.ExerciseSet("train_llama3_from_scratch.ipynb")
     try:
