@@ -27,7 +27,7 @@ SLOW_TESTS = REPO / "tests" / "slow_tests.txt"  # the slow tier: what `pytest -m
 # it compares (the text, the tokenizer, the batches, the model's shapes) is the default run's, and the run's
 # own numbers are the cells it does not compare. The full default run is the stored one
 # (tests/refresh_stored_outputs.py) and benchmarks/train_benchmark.py's.
-NBVAL_TRAINING_STEPS = "500"
+NBVAL_TRAINING_STEPS = "100"
 TRAINING_LENGTH_SETTINGS = {"LLAMA3_TRAIN_STEPS", "LLAMA3_TRAIN_MINUTES"}
 sys.path.insert(0, str(REPO))
 
