@@ -279,7 +279,7 @@ def test_a_picture_of_the_steps_result_is_withheld_until_the_answer_is_right(cap
     check("scores", q @ k.T, q=q, k=k, head_dim=HEAD_DIM)
     with exercises.withheld("scores"):
         plt.figure()
-        plt.imshow(q @ k.T)
+        plt.imshow((q @ k.T).numpy())
         plt.show()
     assert plt.get_fignums() == []  # closed: the inline backend shows no figure
     assert capsys.readouterr().out == ("(exercise 7 (scores): this picture is withheld until your answer is right, "
