@@ -286,9 +286,6 @@ def withhold_printouts(lines: list, names: list) -> list:
     after_check = [statement for statement in tree.body if statement.lineno > last_check.lineno]
     if any(draws(statement) for statement in after_check):
         first, last = after_check[0].lineno - 1, after_check[-1].end_lineno
-        while first > last_check.end_lineno and not lines[first - 1].strip():
-            first -= 1  # the blank lines before the block stay outside it
-        first = next(index for index in range(first, last) if lines[index].strip())
         return (lines[:first] + [f"with withheld(\"{name}\"):"]
                 + [f"    {line}" if line.strip() else line for line in lines[first:last]] + lines[last:])
     runs, run = [], []
